@@ -1,0 +1,3 @@
+"""The one place the daemon's version lives."""
+
+VERSION = "v0.1.0"
