@@ -51,7 +51,11 @@ def _close_all(fds: list[int]) -> None:
 
 def _recv_some(sock: socket.socket, want: int, fds: list[int]) -> bytes:
     """Up to `want` bytes, adding any descriptors that came with them to `fds`."""
-    data, got, flags, _ = socket.recv_fds(sock, want, MAX_FDS_PER_FRAME)
+    try:
+        data, got, flags, _ = socket.recv_fds(sock, want, MAX_FDS_PER_FRAME)
+    except ConnectionError as exc:  # reset: the other process died with our data unread
+        _close_all(fds)
+        raise DaemonConnError(f"connection lost: {exc.strerror}") from None
     fds.extend(got)
     if flags & socket.MSG_CTRUNC:
         _close_all(fds)
@@ -81,13 +85,16 @@ class DaemonConn:
 
     def send(self, msg: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
         frame = encode_frame(msg)
-        if fds:
-            if len(fds) > MAX_FDS_PER_FRAME:
-                raise DaemonConnError(f"{len(fds)} fds exceed {MAX_FDS_PER_FRAME} per frame")
-            sent = socket.send_fds(self.sock, [frame], list(fds))
-            frame = frame[sent:]
-        if frame:
-            self.sock.sendall(frame)
+        if len(fds) > MAX_FDS_PER_FRAME:
+            raise DaemonConnError(f"{len(fds)} fds exceed {MAX_FDS_PER_FRAME} per frame")
+        try:
+            if fds:
+                sent = socket.send_fds(self.sock, [frame], list(fds))
+                frame = frame[sent:]
+            if frame:
+                self.sock.sendall(frame)
+        except ConnectionError as exc:
+            raise DaemonConnError(f"connection lost: {exc.strerror}") from None
 
     def _recv_exact(self, n: int, fds: list[int], at_boundary: bool) -> bytes:
         buf = bytearray()
@@ -182,6 +189,8 @@ class AsyncDaemonConn:
             except BlockingIOError:
                 await self._wait("add_writer", "remove_writer")
                 continue
+            except ConnectionError as exc:
+                raise DaemonConnError(f"connection lost: {exc.strerror}") from None
             view = view[sent:]
 
     async def send(self, msg: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import enum
 import os
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from common import status_wiregen as wire
-from common.daemon_conn import DaemonConn, DaemonConnError
+from common.daemon_conn import DaemonConnError
 
 
 class LogLevel(enum.IntEnum):
@@ -44,6 +45,21 @@ class FailReason(enum.IntEnum):
     HSM_IO = 2
     GOSSIP_IO = 3
     INTERNAL_ERROR = 4
+    # A file or setting only the operator can fix (e.g. an unreadable hsm_secret).
+    FATAL_CONFIG = 5
+
+
+class FatalError(Exception):
+    """Raised anywhere in a subdaemon to end it with status_fail(reason, desc).
+
+    An asyncio daemon cannot report synchronously from inside its loop, so it
+    raises this; common.subdaemon.run reports it once the loop has stopped.
+    """
+
+    def __init__(self, reason: FailReason, desc: str) -> None:
+        super().__init__(desc)
+        self.reason = reason
+        self.desc = desc
 
 
 def exit_code(reason: FailReason) -> int:
@@ -58,17 +74,20 @@ def reason_from_exit_code(code: int) -> FailReason | None:
 
 
 class Status:
-    """The one channel a subdaemon's logging goes through."""
+    """The one channel a subdaemon's logging goes through.
 
-    def __init__(self, master: DaemonConn, peer_id: bytes | None = None) -> None:
-        self.master = master
+    `send` writes one message to the master: a blocking DaemonConn's send, or
+    for an asyncio daemon a function that queues the write on its loop.
+    """
+
+    def __init__(self, send: Callable[[bytes], None], peer_id: bytes | None = None) -> None:
+        self.send = send
         self.peer_id = peer_id
 
     def log(self, level: LogLevel, entry: str) -> None:
+        msg = wire.StatusLog(level=int(level), peer=self.peer_id, entry=entry)
         try:
-            self.master.send(
-                wire.StatusLog(level=int(level), peer=self.peer_id, entry=entry).encode()
-            )
+            self.send(msg.encode())
         except (DaemonConnError, OSError):
             # The master is gone; nobody is left to tell. Exit as quietly as it left.
             os._exit(exit_code(FailReason.MASTER_IO))
@@ -86,12 +105,12 @@ class Status:
         self.log(LogLevel.BROKEN, entry)
 
     def billboard(self, happenings: str, perm: bool = False) -> None:
-        self.master.send(wire.StatusPeerBillboard(perm=perm, happenings=happenings).encode())
+        self.send(wire.StatusPeerBillboard(perm=perm, happenings=happenings).encode())
 
     def failed(self, reason: FailReason, desc: str) -> NoReturn:
         """Report a fatal error to the master, then exit with 0x80 | reason."""
         try:
-            self.master.send(wire.StatusFail(failreason=int(reason), desc=desc).encode())
+            self.send(wire.StatusFail(failreason=int(reason), desc=desc).encode())
         except (DaemonConnError, OSError):
             print(f"status_failed({reason.name}): {desc}", file=sys.stderr)
         os._exit(exit_code(reason))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from common.daemon_conn import DaemonConn, DaemonConnClosed
-from common.status import FailReason, LogLevel, Status
+from common.status import FailReason, FatalError, LogLevel, Status
 from common.version import VERSION
 
 REQ_FD = 0
@@ -88,14 +88,19 @@ def run(name: str, main: Main, argv: list[str] | None = None) -> NoReturn:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
     master = DaemonConn.from_fd(REQ_FD)
-    status = Status(master)
+    status = Status(master.send)
     try:
         main(Subdaemon(args, master, status))
     except DaemonConnClosed:
         # BOLT-independent housekeeping: lightningd closed our socket, so it is
         # shutting down or has given up on us. Nothing to report, nobody to tell.
         os._exit(0)
+    except FatalError as exc:
+        # An asyncio daemon may have left the socket non-blocking.
+        master.sock.setblocking(True)
+        status.failed(exc.reason, exc.desc)
     except Exception as exc:
+        master.sock.setblocking(True)
         detail = "".join(traceback.format_exception(exc, limit=-8))
         status.failed(FailReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}\n{detail}")
     sys.stdout.flush()

@@ -131,3 +131,15 @@ def test_fd_crosses_process_boundary(tmp_path):
     assert os.read(r, 100) == b"child wrote: hello"
     assert proc.wait(timeout=10) == 0
     os.close(r)
+
+
+def test_peer_death_is_a_daemon_conn_error():
+    """A process that dies with our data unread resets the socket: still our error type."""
+    a, b = pair()
+    a.send(b"never read")
+    b.close()
+    with pytest.raises(DaemonConnError, match="connection lost"):
+        a.recv()
+    with pytest.raises(DaemonConnError):
+        for _ in range(100):
+            a.send(b"x" * 65536)
