@@ -49,5 +49,9 @@ test: $(STAMP)
 
 check: check-wire lint test
 
+# The main job. Today: two nodes (each with its own hsmd) connect, handshake and ping.
+run: setup
+	$(PY) -m contrib.demo_connect
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
