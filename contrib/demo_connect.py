@@ -21,20 +21,20 @@ from common.peer_io import async_handshake_initiator_sock, async_handshake_respo
 from common.read_peer_msg import PeerEvent, Reply, check_init, handle_peer_msg, make_init
 from common.status import LogLevel
 from lightningd.hsm_control import HsmControl
+from lightningd.log import NodeLog
 from wire import peer_wiregen as wire
 
 CHAIN = CHAINS["regtest"]
 
 
-def log(level: LogLevel, line: str) -> None:
-    if level >= LogLevel.INFO:
-        print(f"  [{level.name.lower()}] {line}")
+# The node log goes to stdout, at INFO: hsmd's own lines appear too.
+LOG = NodeLog(LogLevel.INFO, ["-"], prefix="  ", timestamps=False)
 
 
 async def start_node(name: str, base: Path) -> HsmControl:
     directory = base / name / CHAIN.network
     directory.mkdir(parents=True)
-    hsm = HsmControl(log)
+    hsm = HsmControl(LOG)
     info = await hsm.start(str(directory / "hsm_secret"), CHAIN.chain_hash)
     print(f"{name}: node id {info.node_id.hex()} (hsmd pid {hsm.pid})")
     return hsm

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from common import status_wiregen as status_wire
-from common.daemon_conn import AsyncDaemonConn, DaemonConnError
-from common.status import LogLevel, reason_from_exit_code
-from common.subdaemon import REQ_FD
+from common.daemon_conn import DaemonConnError
 from hsmd import hsmd_wiregen as wire
 from hsmd.capabilities import Capability
-from lightningd.subd import spawn_subdaemon
+from lightningd.log import NodeLog
+from lightningd.subd import Subd
 from wire.fundamental import Message, WireError
 
-LogFn = Callable[[LogLevel, str], None]
 T = TypeVar("T", bound=Message)
 
 
@@ -41,27 +37,31 @@ class HsmInfo:
 class HsmControl:
     """The master's connection to hsmd: one request in flight at a time."""
 
-    def __init__(self, log: LogFn) -> None:
+    def __init__(
+        self, log: NodeLog, on_death: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
         self.log = log
-        self.conn: AsyncDaemonConn | None = None
-        self.pid = 0
+        self.on_death = on_death
+        self.subd: Subd | None = None
         self.info: HsmInfo | None = None
         self._lock = asyncio.Lock()
         self._replies: asyncio.Queue[tuple[bytes, list[int]] | Exception] = asyncio.Queue()
-        self._reader: asyncio.Task[None] | None = None
-        self.exit_status: int | None = None
-        self._fail_desc: str | None = None
+        self._stopping = False
+
+    @property
+    def pid(self) -> int:
+        return self.subd.pid if self.subd else 0
+
+    @property
+    def exit_status(self) -> int | None:
+        return self.subd.exit_code if self.subd else None
 
     async def start(
         self, hsm_secret_path: str, chain_hash: bytes, hsmd_args: list[str] | None = None
     ) -> HsmInfo:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.pid = spawn_subdaemon("hsmd.hsmd", {REQ_FD: theirs.fileno()}, hsmd_args)
-        finally:
-            theirs.close()
-        self.conn = AsyncDaemonConn(ours)
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        self.subd = Subd.start(
+            "hsmd", "hsmd.hsmd", {}, hsmd_args or [], self.log, None, self._reply, self._died
+        )
         reply = await self.request(
             wire.HsmdInit(hsm_secret_path=hsm_secret_path, chain_hash=chain_hash),
             wire.HsmdInitReply,
@@ -69,43 +69,26 @@ class HsmControl:
         self.info = HsmInfo(reply.node_id, reply.bip32_account_xpub)
         return self.info
 
-    async def _read_loop(self) -> None:
-        """Route hsmd's status lines to the log and everything else to the waiter."""
-        assert self.conn is not None
-        try:
-            while True:
-                msg, fds = await self.conn.recv_with_fds()
-                if self._handle_status(msg):
-                    continue
-                await self._replies.put((msg, fds))
-        except DaemonConnError as exc:
-            await self._replies.put(HsmError(await self._death_reason(exc)))
+    async def _reply(self, msg: bytes, fds: list[int]) -> None:
+        await self._replies.put((msg, fds))
 
-    def _handle_status(self, msg: bytes) -> bool:
-        try:
-            status = status_wire.decode(msg)
-        except WireError:
-            return False
-        if isinstance(status, status_wire.StatusLog):
-            self.log(LogLevel(status.level), f"hsmd: {status.entry}")
-        elif isinstance(status, status_wire.StatusFail):
-            self.log(LogLevel.BROKEN, f"hsmd failed: {status.desc}")
-            self._fail_desc = status.desc
-        return True
-
-    async def _death_reason(self, exc: Exception) -> str:
-        desc = self._fail_desc
-        await self._reap()
-        reason = reason_from_exit_code(self.exit_status or 0)
-        if desc:
-            return f"hsmd failed: {desc}"
-        return f"hsmd died (exit {self.exit_status}, {reason}): {exc}"
+    async def _died(self, subd: Subd) -> None:
+        if subd.fail_desc:
+            reason = f"hsmd failed: {subd.fail_desc}"
+        else:
+            reason = f"hsmd died (exit {subd.exit_code})"
+        await self._replies.put(HsmError(reason))
+        if self.on_death is not None and not self._stopping:
+            await self.on_death(reason)
 
     async def request_with_fds(self, msg: Message, reply_type: type[T]) -> tuple[T, list[int]]:
-        if self.conn is None:
+        if self.subd is None:
             raise HsmError("hsmd is not running")
         async with self._lock:
-            await self.conn.send(msg.encode())
+            try:
+                await self.subd.send(msg.encode())
+            except DaemonConnError as exc:
+                raise HsmError(f"hsmd is gone: {exc}") from None
             got = await self._replies.get()
             if isinstance(got, Exception):
                 self._replies.put_nowait(got)  # every later request fails the same way
@@ -145,20 +128,6 @@ class HsmControl:
 
     async def stop(self) -> None:
         """Close hsmd's socket; it exits when it sees the master has gone."""
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            self._reader = None
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-        await self._reap()
-
-    async def _reap(self) -> None:
-        """Wait for hsmd's exit (it follows the closing of its socket) and keep its code."""
-        if self.pid:
-            _, code = await asyncio.get_running_loop().run_in_executor(
-                None, os.waitpid, self.pid, 0
-            )
-            self.exit_status = os.waitstatus_to_exitcode(code)
-            self.pid = 0
+        if self.subd is not None:
+            self._stopping = True
+            await self.subd.stop()

@@ -26,10 +26,12 @@ from common.daemon_conn import DaemonConn, DaemonConnClosed, encode_frame
 from common.key_derive import pubkey_from_privkey
 from common.scripts import funding_script, p2wpkh, p2wsh
 from common.signature import compact_to_der, segwit_sighash, verify_hash
+from common.status import LogLevel
 from hsmd import hsmd_wiregen as wire
 from hsmd.capabilities import OPENINGD_CAPABILITIES, Capability
 from hsmd.derive import SecretDeriver
 from lightningd.hsm_control import HsmControl, HsmError
+from lightningd.log import NodeLog
 
 REGTEST = CHAINS["regtest"].chain_hash
 # Core Lightning's test suite writes "lightning-1" padded with zeros as l1's hsm_secret.
@@ -45,9 +47,9 @@ def write_secret(path, secret: bytes, mode: int = 0o400) -> None:
     os.chmod(path, mode)
 
 
-class Logs(list):
-    def __call__(self, level, line):
-        self.append((level, line))
+def Logs() -> NodeLog:
+    """An in-memory node log (it also prints to stdout, which pytest captures)."""
+    return NodeLog(LogLevel.DEBUG, [])
 
 
 async def started(tmp_path, secret: bytes | None = CLN_L1_SECRET, args=None):
@@ -222,7 +224,7 @@ def test_client_refused_and_cut_off(tmp_path, request_msg, reason):
         reply = client_request(other, wire.HsmdGetPerCommitmentPoint(n=0))
         assert isinstance(reply, wire.HsmdGetPerCommitmentPointReply)
         await hsm.stop()
-        assert any(reason in line for _, line in logs)
+        assert any(reason in line for line in logs.tail())
 
     run(main())
 

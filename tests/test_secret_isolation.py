@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 from common.chainparams import CHAINS
+from common.status import LogLevel
 from lightningd.hsm_control import HsmControl
+from lightningd.log import NodeLog
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_HSMD = ["common", "wire", "lightningd", "openingd", "gossipd"]
@@ -70,7 +72,7 @@ def test_master_process_never_opens_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", spy_os_open)
 
     async def main():
-        hsm = HsmControl(lambda level, line: None)
+        hsm = HsmControl(NodeLog(LogLevel.BROKEN, []))
         info = await hsm.start(str(tmp_path / "hsm_secret"), CHAINS["regtest"].chain_hash)
         await hsm.stop()
         return info

@@ -1,0 +1,1 @@
+"""Command-line tools talking to lightningd: lightning-cli."""

@@ -1,0 +1,245 @@
+"""Making connections: listening sockets, the `connect` command, handshake and init.
+
+Every connection, in or out, goes through the same steps before it becomes a
+Peer: BOLT #8 handshake (hsmd does the node-key ECDH; lightningd never holds
+the key), then the BOLT #1 `init` exchange with feature checks. A failure at
+any step closes the socket and, for `connect`, tells the caller which step
+failed and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from common.features import our_features
+from common.handshake import HandshakeError
+from common.peer_io import (
+    AsyncPeerConnection,
+    ConnectionClosed,
+    async_handshake_initiator_sock,
+    async_handshake_responder_sock,
+)
+from common.read_peer_msg import PeerProtocolError, check_init, make_init
+from lightningd.jsonrpc import Param, RpcError, param_node_id_or_uri, param_string, param_u32
+from lightningd.jsonrpc_errors import (
+    CONNECT_ALL_ADDRESSES_FAILED,
+    CONNECT_DISCONNECTED_DURING,
+    CONNECT_NO_KNOWN_ADDRESS,
+)
+from lightningd.peer_control import NetAddress, Peer
+
+if TYPE_CHECKING:
+    from lightningd.lightningd import LightningD
+
+SOURCE = "connectd"
+# Core Lightning gives the handshake 60 seconds; init must follow promptly after it.
+HANDSHAKE_TIMEOUT = 60.0
+INIT_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 30.0
+
+
+class ConnectFailed(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_host_port(text: str, default_port: int) -> NetAddress:
+    """host, host:port, [v6]:port or a bare v6 address."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or str(default_port)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, str(default_port)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in '{text}'")
+    return NetAddress(host, int(port))
+
+
+class ConnectControl:
+    def __init__(self, ld: LightningD) -> None:
+        self.ld = ld
+        self.listeners: list[socket.socket] = []
+        self.accepting: list[asyncio.Task[None]] = []
+        self.bindings: list[NetAddress] = []
+        self.pending: set[asyncio.Task[None]] = set()
+
+    # -- listening -----------------------------------------------------------------
+    # Raw sockets, not asyncio streams: a stream reader would buffer the peer's first
+    # bytes, and the connection must be able to move to a subdaemon with nothing left
+    # behind in this process.
+
+    async def listen(self, addresses: list[NetAddress]) -> None:
+        loop = asyncio.get_running_loop()
+        for addr in addresses:
+            family = socket.AF_INET6 if addr.kind == "ipv6" else socket.AF_INET
+            try:
+                lsock = socket.create_server((addr.host, addr.port), family=family, backlog=128)
+            except OSError as exc:
+                raise RuntimeError(f"Could not bind to {addr}: {exc.strerror}") from None
+            lsock.setblocking(False)
+            host, port = lsock.getsockname()[:2]
+            self.bindings.append(NetAddress(host, port))
+            self.listeners.append(lsock)
+            self.accepting.append(loop.create_task(self._accept_loop(lsock)))
+            self.ld.log.debug(SOURCE, f"Listening on {NetAddress(host, port)}")
+
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peername = await loop.sock_accept(lsock)
+            except OSError as exc:  # e.g. out of descriptors: keep listening
+                self.ld.log.unusual(SOURCE, f"accept failed: {exc.strerror}")
+                await asyncio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            task = loop.create_task(self._incoming(sock, NetAddress(*peername[:2])))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+
+    async def _incoming(self, sock: socket.socket, address: NetAddress) -> None:
+        try:
+            conn = await async_handshake_responder_sock(
+                sock, self.ld.node_id, self.ld.hsm.ecdh, timeout=HANDSHAKE_TIMEOUT
+            )
+        except (HandshakeError, ConnectionError, OSError) as exc:
+            self.ld.log.debug(SOURCE, f"Handshake from {address} failed: {exc}")
+            sock.close()
+            return
+        assert conn.remote_pubkey is not None
+        try:
+            peer = await self._exchange_init(conn, conn.remote_pubkey, "in", address)
+        except ConnectFailed as exc:
+            self.ld.log.info(SOURCE, f"Incoming connection failed: {exc}", conn.remote_pubkey)
+            return
+        await self.ld.peers.peer_connected(peer)
+
+    # -- both directions -------------------------------------------------------------
+
+    async def _exchange_init(
+        self, conn: AsyncPeerConnection, node_id: bytes, direction: str, address: NetAddress
+    ) -> Peer:
+        ours = our_features()
+        chain_hash = self.ld.config.chain.chain_hash
+        try:
+            async with asyncio.timeout(INIT_TIMEOUT):
+                await conn.write_message(make_init(ours, chain_hash))
+                init = check_init(await conn.read_message(), ours, chain_hash)
+        except PeerProtocolError as exc:
+            if exc.warning is not None:
+                with contextlib.suppress(OSError, ConnectionError):
+                    await conn.write_message(exc.warning)
+            conn.close()
+            raise ConnectFailed(CONNECT_DISCONNECTED_DURING, exc.reason) from None
+        except TimeoutError:
+            conn.close()
+            raise ConnectFailed(CONNECT_DISCONNECTED_DURING, "timed out waiting for init") from None
+        except (ConnectionClosed, ConnectionError, OSError) as exc:
+            conn.close()
+            raise ConnectFailed(
+                CONNECT_DISCONNECTED_DURING, f"peer closed connection during init: {exc}"
+            ) from None
+        return Peer(node_id, conn, direction, address, init)
+
+    # -- connect -----------------------------------------------------------------------
+
+    async def connect(self, node_id: bytes, address: NetAddress) -> Peer:
+        try:
+            sock = await self._open_socket(address)
+        except TimeoutError:
+            raise ConnectFailed(
+                CONNECT_ALL_ADDRESSES_FAILED,
+                f"All addresses failed: {address}: Connection establishment: timed out. ",
+            ) from None
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConnectFailed(
+                CONNECT_ALL_ADDRESSES_FAILED,
+                f"All addresses failed: {address}: Connection establishment: {reason}. ",
+            ) from None
+        try:
+            conn = await async_handshake_initiator_sock(
+                sock, self.ld.node_id, self.ld.hsm.ecdh, node_id, timeout=HANDSHAKE_TIMEOUT
+            )
+        except (HandshakeError, ConnectionError, OSError) as exc:
+            sock.close()
+            raise ConnectFailed(
+                CONNECT_ALL_ADDRESSES_FAILED,
+                f"All addresses failed: {address}: Cryptographic handshake: {exc}. ",
+            ) from None
+        peer = await self._exchange_init(conn, node_id, "out", address)
+        await self.ld.peers.peer_connected(peer)
+        return peer
+
+    def register_commands(self) -> None:
+        self.ld.rpc.register(
+            "connect",
+            self.json_connect,
+            [
+                Param("id", param_node_id_or_uri),
+                Param("host", param_string, required=False),
+                Param("port", param_u32, required=False),
+            ],
+            category="network",
+            description="Connect to {id} at {host} (which can end in ':port' if not default). "
+            "{id} can also be of the form id@host",
+        )
+
+    async def json_connect(
+        self, id: tuple[bytes, str | None], host: str | None = None, port: int | None = None
+    ) -> dict:
+        node_id, uri_host = id
+        if uri_host is not None and host is not None:
+            raise RpcError(-32602, "id@host:port and a separate host: give only one")
+        existing = self.ld.peers.peers.get(node_id)
+        if existing is not None:
+            return existing.connect_result()
+        address = self._address_for(node_id, uri_host or host, port)
+        try:
+            peer = await self.connect(node_id, address)
+        except ConnectFailed as exc:
+            raise RpcError(exc.code, str(exc)) from None
+        return peer.connect_result()
+
+    def _address_for(self, node_id: bytes, host: str | None, port: int | None) -> NetAddress:
+        default_port = self.ld.config.chain.default_port
+        if host is None:
+            known = self.ld.db.get_peer(node_id)
+            if known is None or not known.address:
+                raise RpcError(
+                    CONNECT_NO_KNOWN_ADDRESS, "Unable to connect, no address known for peer"
+                )
+            return parse_host_port(known.address, default_port)
+        try:
+            address = parse_host_port(host, default_port)
+        except ValueError as exc:
+            raise RpcError(-32602, f"host: {exc}") from None
+        return NetAddress(address.host, port) if port is not None else address
+
+    async def _open_socket(self, address: NetAddress) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+            family, kind, proto, _, sockaddr = infos[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, sockaddr)
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+    async def shutdown(self) -> None:
+        for task in [*self.accepting, *self.pending]:
+            task.cancel()
+        await asyncio.gather(*self.accepting, *self.pending, return_exceptions=True)
+        for lsock in self.listeners:
+            lsock.close()

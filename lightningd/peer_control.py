@@ -1,0 +1,241 @@
+"""Connected peers, parked in lightningd's event loop while no subdaemon needs them.
+
+A peer arrives here after the BOLT #8 handshake and the `init` exchange
+(connect_control.py). While it has no work in flight it costs one socket and
+one small task: this module answers pings, sends our own, logs errors and
+warnings, and applies BOLT #1's rules for unknown messages. Channel messages
+will be handed, with the connection, to a subdaemon (openingd, channeld).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from common.features import feature_names
+from common.peer_io import AsyncPeerConnection, ConnectionClosed
+from common.read_peer_msg import (
+    Deliver,
+    Ignored,
+    PeerError,
+    PeerInit,
+    PeerProtocolError,
+    Reply,
+    handle_peer_msg,
+    make_error,
+)
+from lightningd.jsonrpc import Param, RpcError, param_bool, param_node_id
+from lightningd.jsonrpc_errors import LIGHTNINGD
+from wire import peer_wiregen as wire
+
+if TYPE_CHECKING:
+    from lightningd.lightningd import LightningD
+
+# Core Lightning pings an idle peer about once a minute and gives it 30 seconds to answer.
+PING_INTERVAL = 60.0
+PONG_TIMEOUT = 30.0
+SOURCE = "lightningd"
+
+
+@dataclass(frozen=True)
+class NetAddress:
+    host: str
+    port: int
+
+    @property
+    def kind(self) -> str:
+        return "ipv6" if ":" in self.host else "ipv4"
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.kind == "ipv6" else f"{self.host}:{self.port}"
+
+    def to_json(self) -> dict:
+        return {"type": self.kind, "address": self.host, "port": self.port}
+
+
+@dataclass
+class Peer:
+    node_id: bytes
+    conn: AsyncPeerConnection
+    direction: str  # "in" or "out", as Core Lightning reports it
+    address: NetAddress
+    init: PeerInit
+    connected_at: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+    pong_expected: int | None = None
+    disconnect_reason: str | None = None
+
+    def connect_result(self) -> dict:
+        """What `connect` returns for this peer."""
+        return {
+            "id": self.node_id.hex(),
+            "features": self.init.features.hex(),
+            "direction": self.direction,
+            "address": self.address.to_json(),
+        }
+
+
+class PeerControl:
+    def __init__(self, ld: LightningD) -> None:
+        self.ld = ld
+        self.peers: dict[bytes, Peer] = {}
+
+    # -- arrival and departure -------------------------------------------------
+
+    async def peer_connected(self, peer: Peer) -> None:
+        """A new, authenticated connection; a reconnect replaces the old one."""
+        old = self.peers.get(peer.node_id)
+        if old is not None:
+            await self.disconnect(old, "reconnected")
+        self.peers[peer.node_id] = peer
+        self.ld.db.add_peer(peer.node_id, str(peer.address))
+        self.ld.log.info(
+            SOURCE,
+            f"Peer connected ({peer.direction}) from {peer.address}, features "
+            f"{', '.join(feature_names(peer.init.features)) or 'none'}",
+            peer.node_id,
+        )
+        peer.task = asyncio.get_running_loop().create_task(self._serve(peer))
+
+    async def disconnect(self, peer: Peer, reason: str) -> None:
+        if self.peers.get(peer.node_id) is peer:
+            del self.peers[peer.node_id]
+        peer.disconnect_reason = peer.disconnect_reason or reason
+        # Stop the peer's reader before closing: a descriptor closed under a waiting
+        # reader never wakes it.
+        if peer.task is not None and peer.task is not asyncio.current_task():
+            peer.task.cancel()
+            await asyncio.gather(peer.task, return_exceptions=True)
+        peer.conn.close()
+        self.ld.log.info(SOURCE, f"Peer disconnected: {reason}", peer.node_id)
+
+    async def shutdown(self) -> None:
+        for peer in list(self.peers.values()):
+            await self.disconnect(peer, "lightningd shutting down")
+
+    # -- the parked peer's loop ------------------------------------------------
+
+    async def _serve(self, peer: Peer) -> None:
+        pinger = asyncio.get_running_loop().create_task(self._ping_loop(peer))
+        try:
+            while True:
+                raw = await peer.conn.read_message()
+                await self._handle(peer, raw)
+        except PeerProtocolError as exc:
+            if exc.warning is not None:
+                with contextlib.suppress(OSError, ConnectionError):
+                    await peer.conn.write_message(exc.warning)
+            await self.disconnect(peer, exc.reason)
+        except (ConnectionClosed, ConnectionError, OSError) as exc:
+            await self.disconnect(peer, f"connection closed: {exc}")
+        except Exception as exc:  # a bug here must cost one peer, never the node
+            self.ld.log.broken(SOURCE, f"peer loop failed: {exc!r}", peer.node_id)
+            await self.disconnect(peer, f"internal error: {exc}")
+        finally:
+            pinger.cancel()
+
+    async def _handle(self, peer: Peer, raw: bytes) -> None:
+        event = handle_peer_msg(raw)
+        if isinstance(event, Reply):
+            await peer.conn.write_message(event.msg)
+        elif isinstance(event, Ignored):
+            if event.reason == "pong":
+                self._got_pong(peer, raw)
+            else:
+                self.ld.log.debug(SOURCE, f"Ignoring {event.reason}", peer.node_id)
+        elif isinstance(event, PeerError):
+            kind = "warning" if event.is_warning else "error"
+            self.ld.log.info(SOURCE, f"Peer sent {kind}: {event.text}", peer.node_id)
+        elif isinstance(event, Deliver):
+            await self._unexpected_channel_message(peer, event)
+
+    async def _unexpected_channel_message(self, peer: Peer, event: Deliver) -> None:
+        """A message about a channel we do not have (no channel subdaemon yet)."""
+        channel_id = getattr(event.msg, "channel_id", None) or getattr(
+            event.msg, "temporary_channel_id", None
+        )
+        if channel_id is None or not 32 <= event.msg.TYPE <= 255:
+            self.ld.log.debug(SOURCE, f"Ignoring {event.msg.NAME}", peer.node_id)
+            return
+        # BOLT #1: "SHOULD send error with the unknown channel_id in reply to messages of
+        # type 32-255 related to unknown channels."
+        self.ld.log.unusual(SOURCE, f"{event.msg.NAME} for unknown channel", peer.node_id)
+        await peer.conn.write_message(
+            make_error(channel_id, f"Unknown channel for {event.msg.NAME}")
+        )
+
+    # -- keepalive ---------------------------------------------------------------
+
+    async def _ping_loop(self, peer: Peer) -> None:
+        while True:
+            await asyncio.sleep(self.ld.ping_interval)
+            size = secrets.randbelow(64)
+            peer.pong_expected = size
+            # BOLT #1: a ping's ignored bytes "SHOULD" be 0s.
+            await peer.conn.write_message(wire.Ping(num_pong_bytes=size, ignored=b"").encode())
+            await asyncio.sleep(PONG_TIMEOUT)
+            if peer.pong_expected is not None:
+                await self.disconnect(peer, "Ping timeout")
+                return
+
+    def _got_pong(self, peer: Peer, raw: bytes) -> None:
+        pong = wire.Pong.decode(raw)
+        if peer.pong_expected == len(pong.ignored):
+            peer.pong_expected = None
+
+    # -- RPC -----------------------------------------------------------------------
+
+    def register_commands(self) -> None:
+        rpc = self.ld.rpc
+        rpc.register(
+            "listpeers",
+            self.json_listpeers,
+            [Param("id", param_node_id, required=False), Param("level", str, required=False)],
+            category="network",
+            description="Show current peers, if {level} is set, include logs for {id}",
+        )
+        rpc.register(
+            "disconnect",
+            self.json_disconnect,
+            [Param("id", param_node_id), Param("force", param_bool, required=False, default=False)],
+            category="network",
+            description="Disconnect from {id} that has previously been connected to",
+        )
+        rpc.register(
+            "listpeerchannels",
+            self.json_listpeerchannels,
+            [Param("id", param_node_id, required=False)],
+            category="network",
+            description="Show channels with direct peers.",
+        )
+
+    def peer_json(self, peer: Peer) -> dict:
+        out = {
+            "id": peer.node_id.hex(),
+            "connected": True,
+            "num_channels": 0,
+            "netaddr": [str(peer.address)],
+            "features": peer.init.features.hex(),
+        }
+        if peer.init.remote_addr:
+            out["remote_addr"] = peer.init.remote_addr.hex()
+        return out
+
+    async def json_listpeers(self, id: bytes | None = None, level: str | None = None) -> dict:
+        peers = [p for p in self.peers.values() if id is None or p.node_id == id]
+        return {"peers": [self.peer_json(p) for p in peers]}
+
+    async def json_disconnect(self, id: bytes, force: bool = False) -> dict:
+        peer = self.peers.get(id)
+        if peer is None:
+            raise RpcError(LIGHTNINGD, "Peer not connected")
+        await self.disconnect(peer, "disconnect command")
+        return {}
+
+    async def json_listpeerchannels(self, id: bytes | None = None) -> dict:
+        # Channels arrive with openingd (a later issue): none can exist yet.
+        return {"channels": []}

@@ -1,0 +1,77 @@
+"""A scripted remote node for tests: our own BOLT #8 transport, any message we like.
+
+Tests use it to send what a well-behaved node never would, over a real
+encrypted connection, and to read exactly what lightningd answers.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from coincurve import PrivateKey
+
+from common.chainparams import CHAINS
+from common.features import bits_to_bytes, bytes_to_bits, our_features
+from common.handshake import privkey_ecdh
+from common.peer_io import PeerConnection, handshake_initiator, handshake_responder
+from wire import peer_wiregen as wire
+
+REGTEST = CHAINS["regtest"].chain_hash
+
+
+def init_msg(features: bytes | None = None, networks=(REGTEST,)) -> bytes:
+    return wire.Init(
+        globalfeatures=b"",
+        features=our_features() if features is None else features,
+        tlvs=wire.InitTlvs(networks=networks),
+    ).encode()
+
+
+class ScriptedPeer:
+    def __init__(self, secret: bytes = b"\x42" * 32) -> None:
+        self.secret = secret
+        self.node_id = PrivateKey(secret).public_key.format()
+        self.conn: PeerConnection | None = None
+
+    def connect(self, node_id_hex: str, port: int, timeout: float = 10) -> PeerConnection:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.conn = handshake_initiator(
+            sock, self.node_id, privkey_ecdh(self.secret), bytes.fromhex(node_id_hex)
+        )
+        return self.conn
+
+    def listen(self) -> tuple[int, threading.Thread, list]:
+        """Accept one connection in a thread; the test reads `accepted[0]` once it arrives."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        accepted: list = []
+
+        def accept() -> None:
+            sock, _ = listener.accept()
+            sock.settimeout(10)
+            accepted.append(handshake_responder(sock, self.node_id, privkey_ecdh(self.secret)))
+            listener.close()
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        return listener.getsockname()[1], thread, accepted
+
+    def send(self, msg: bytes) -> None:
+        assert self.conn is not None
+        self.conn.write_message(msg)
+
+    def recv(self):
+        assert self.conn is not None
+        return wire.decode(self.conn.read_message())
+
+    def recv_skipping_pings(self):
+        while True:
+            msg = self.recv()
+            if isinstance(msg, wire.Ping):
+                self.send(wire.Pong(ignored=bytes(msg.num_pong_bytes)).encode())
+                continue
+            return msg
+
+
+def features_with(*bits: int) -> bytes:
+    return bits_to_bytes([*bytes_to_bits(our_features()), *bits])

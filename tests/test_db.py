@@ -1,0 +1,314 @@
+"""The master database: creation, migrations, refusals, durability and the small accessors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from common.chainparams import CHAINS
+from lightningd import db_schema
+from lightningd.db import Database, DatabaseError, PeerRow
+
+REGTEST = CHAINS["regtest"].chain_hash
+BITCOIN = CHAINS["bitcoin"].chain_hash
+NODE_A = b"\x02" + b"\xaa" * 32
+NODE_B = b"\x03" + b"\xbb" * 32
+TABLES = {"version", "vars", "peers", "channels", "outputs", "transactions", "blocks"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "lightningd.sqlite3")
+
+
+def _raw_version(path: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT version FROM version").fetchone()[0]
+
+
+def test_fresh_database_has_every_table_and_current_version(path: str) -> None:
+    with Database.open(path, REGTEST) as db:
+        names = {r[0] for r in db.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert names >= TABLES
+        assert db.query("SELECT version FROM version")[0][0] == len(db_schema.MIGRATIONS)
+        assert db.get_var("genesis_hash") == REGTEST
+
+
+def test_file_mode_is_0600_including_wal(path: str) -> None:
+    old = os.umask(0)  # the mode must not depend on a permissive umask
+    try:
+        db = Database.open(path, REGTEST)
+    finally:
+        os.umask(old)
+    db.set_var("x", 1)
+    for name in (path, path + "-wal", path + "-shm"):
+        assert stat.S_IMODE(os.stat(name).st_mode) == 0o600, name
+    db.close()
+
+
+def test_pragmas_are_really_on(path: str) -> None:
+    with Database.open(path, REGTEST) as db:
+        assert db.query_one("PRAGMA journal_mode")[0] == "wal"
+        assert db.query_one("PRAGMA foreign_keys")[0] == 1
+        assert db.query_one("PRAGMA synchronous")[0] == 2  # FULL
+        assert db.query_one("PRAGMA busy_timeout")[0] > 0
+        with pytest.raises(DatabaseError, match="FOREIGN KEY"):
+            db.execute(
+                "INSERT INTO channels (id, peer_id, state, opener, funding_satoshi, our_msat,"
+                " created_at) VALUES (1, 999, 0, 0, 1000, 0, 0)"
+            )
+
+
+def test_reopen_runs_no_migration_twice(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = "INSERT INTO vars (name, intval) VALUES ('runs', 1) ON CONFLICT (name)"
+    counting += " DO UPDATE SET intval = intval + 1;"
+    monkeypatch.setattr(db_schema, "MIGRATIONS", [*db_schema.MIGRATIONS, counting])
+    for _ in range(3):
+        Database.open(path, REGTEST).close()
+    with Database.open(path, REGTEST) as db:
+        assert db.get_var("runs") == 1
+    assert _raw_version(path) == len(db_schema.MIGRATIONS)
+
+
+def test_upgrade_applies_only_new_migrations(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Database.open(path, REGTEST).close()
+    old = len(db_schema.MIGRATIONS)
+    monkeypatch.setattr(
+        db_schema,
+        "MIGRATIONS",
+        [*db_schema.MIGRATIONS, "ALTER TABLE peers ADD COLUMN note TEXT; UPDATE peers SET note=1;"],
+    )
+    with Database.open(path, REGTEST) as db:
+        db.add_peer(NODE_A, None)
+        assert db.query_one("SELECT note FROM peers")[0] is None
+    assert _raw_version(path) == old + 1
+
+
+def test_failed_migration_changes_nothing(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Database.open(path, REGTEST).close()
+    old = len(db_schema.MIGRATIONS)
+    monkeypatch.setattr(
+        db_schema,
+        "MIGRATIONS",
+        [*db_schema.MIGRATIONS, "CREATE TABLE newthing (x INTEGER);", "SELECT FROM nonsense;"],
+    )
+    with pytest.raises(DatabaseError, match=f"migration {old + 2} failed"):
+        Database.open(path, REGTEST)
+    monkeypatch.undo()
+    assert _raw_version(path) == old
+    with Database.open(path, REGTEST) as db:
+        assert db.query_one("SELECT 1 FROM sqlite_master WHERE name = 'newthing'") is None
+
+
+def test_newer_database_is_refused(path: str) -> None:
+    Database.open(path, REGTEST).close()
+    newer = len(db_schema.MIGRATIONS) + 5
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE version SET version = ?", (newer,))
+    with pytest.raises(DatabaseError) as err:
+        Database.open(path, REGTEST)
+    message = str(err.value)
+    assert path in message
+    assert f"version {newer}" in message
+    assert f"version {len(db_schema.MIGRATIONS)}" in message
+    assert _raw_version(path) == newer  # untouched
+
+
+def test_wrong_chain_is_refused(path: str) -> None:
+    Database.open(path, REGTEST).close()
+    with pytest.raises(DatabaseError) as err:
+        Database.open(path, BITCOIN)
+    assert path in str(err.value)
+    assert "regtest" in str(err.value) and "bitcoin" in str(err.value)
+    with Database.open(path, REGTEST) as db:  # still fine for its own chain
+        assert db.get_var("genesis_hash") == REGTEST
+
+
+def test_not_a_sqlite_file(path: str) -> None:
+    Path(path).write_bytes(b"this is an hsm_secret, or a text file, not a database\n" * 100)
+    with pytest.raises(DatabaseError, match=path):
+        Database.open(path, REGTEST)
+
+
+@pytest.mark.parametrize("size", [50, 4096, 3 * 4096 + 100])
+def test_truncated_file(path: str, size: int) -> None:
+    with Database.open(path, REGTEST) as db:
+        for i in range(200):
+            db.add_peer(bytes([2]) + i.to_bytes(32, "big"), f"127.0.0.1:{i}")
+    assert os.path.getsize(path) > size and not os.path.exists(path + "-wal")
+    os.truncate(path, size)
+    with pytest.raises(DatabaseError, match=path):
+        Database.open(path, REGTEST)
+
+
+def test_corrupted_page(path: str) -> None:
+    with Database.open(path, REGTEST) as db:
+        for i in range(200):
+            db.add_peer(bytes([2]) + i.to_bytes(32, "big"), "x" * 100)
+    page_size = 4096
+    with open(path, "r+b") as f:  # scribble over a page in the middle, leave the header
+        f.seek(page_size * (os.path.getsize(path) // page_size // 2))
+        f.write(b"\xff" * page_size)
+    with pytest.raises(DatabaseError, match=path):
+        Database.open(path, REGTEST)
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope" / "lightningd.sqlite3")
+    with pytest.raises(DatabaseError, match=missing):
+        Database.open(missing, REGTEST)
+
+
+def test_failed_transaction_leaves_nothing(path: str) -> None:
+    with Database.open(path, REGTEST) as db:
+        with pytest.raises(ZeroDivisionError), db.transaction():
+            db.add_peer(NODE_A, "a")
+            db.set_var("half", b"done")
+            _ = 1 / 0
+        assert db.list_peers() == []
+        assert db.get_var("half") is None
+        assert not db.in_transaction
+        with db.transaction():  # usable again afterwards
+            db.add_peer(NODE_B, None)
+        assert len(db.list_peers()) == 1
+
+
+def test_nested_transaction_is_an_error(path: str) -> None:
+    with Database.open(path, REGTEST) as db, db.transaction():
+        db.set_var("outer", 1)
+        with pytest.raises(RuntimeError, match="nested"), db.transaction():
+            pass
+    with Database.open(path, REGTEST) as db:
+        assert db.get_var("outer") == 1  # the outer one still committed
+
+
+def test_other_task_cannot_write_into_an_open_transaction(path: str) -> None:
+    db = Database.open(path, REGTEST)
+
+    async def holder(started: asyncio.Event, release: asyncio.Event) -> None:
+        with db.transaction():
+            db.set_var("mine", 1)
+            started.set()
+            await release.wait()  # the mistake the check exists to catch
+
+    async def main() -> None:
+        started, release = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(holder(started, release))
+        await started.wait()
+        with pytest.raises(RuntimeError, match="another task"):
+            db.set_var("theirs", 2)
+        release.set()
+        await task
+
+    asyncio.run(main())
+    assert db.get_var("mine") == 1 and db.get_var("theirs") is None
+    db.close()
+
+
+def _child(path: str, body: str) -> int:
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from common.chainparams import CHAINS
+        from lightningd.db import Database
+        db = Database.open({path!r}, CHAINS["regtest"].chain_hash)
+        """
+    ) + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=60).returncode
+
+
+def test_commit_survives_sigkill(path: str) -> None:
+    rc = _child(
+        path,
+        """
+        with db.transaction():
+            db.add_peer(bytes([2]) * 33, "10.0.0.1:9735")
+            db.set_var("committed", b"yes")
+        db.set_var("autocommitted", 7)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
+    )
+    assert rc == -signal.SIGKILL
+    assert os.path.exists(path + "-wal")  # never checkpointed: recovery comes from the WAL
+    with Database.open(path, REGTEST) as db:
+        assert db.get_var("committed") == b"yes"
+        assert db.get_var("autocommitted") == 7
+        assert db.list_peers() == [PeerRow(1, bytes([2]) * 33, "10.0.0.1:9735")]
+
+
+def test_uncommitted_write_is_gone_after_sigkill(path: str) -> None:
+    rc = _child(
+        path,
+        """
+        db.set_var("before", 1)
+        with db.transaction():
+            db.set_var("during", 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """,
+    )
+    assert rc == -signal.SIGKILL
+    with Database.open(path, REGTEST) as db:
+        assert db.get_var("before") == 1
+        assert db.get_var("during") is None
+
+
+def test_vars_round_trip_each_type(path: str) -> None:
+    with Database.open(path, REGTEST) as db:
+        assert db.get_var("v") is None
+        assert db.get_int_var("v", 42) == 42
+        for value in ("text", 0, -5, 2**62, b"\x00\x01", b""):
+            db.set_var("v", value)
+            assert db.get_var("v") == value and type(db.get_var("v")) is type(value)
+        db.set_var("v", "now a string")
+        with pytest.raises(DatabaseError, match="not an integer"):
+            db.get_int_var("v", 0)
+        with pytest.raises(TypeError):
+            db.set_var("v", True)
+
+
+def test_peers_upsert(path: str) -> None:
+    with Database.open(path, REGTEST) as db:
+        a = db.add_peer(NODE_A, "127.0.0.1:9735")
+        b = db.add_peer(NODE_B, None)
+        assert a != b
+        assert db.add_peer(NODE_A, "[::1]:9736") == a
+        assert db.add_peer(NODE_A, None) == a  # no address: keep the one we know
+        assert db.get_peer(NODE_A) == PeerRow(a, NODE_A, "[::1]:9736")
+        assert db.get_peer(b"\x02" + b"\x00" * 32) is None
+        assert db.list_peers() == [PeerRow(a, NODE_A, "[::1]:9736"), PeerRow(b, NODE_B, None)]
+        with pytest.raises(ValueError):
+            db.add_peer(b"\x02" * 32, None)
+    with Database.open(path, REGTEST) as db:
+        assert len(db.list_peers()) == 2
+
+
+def test_channel_dbids_are_never_zero_or_reused(path: str) -> None:
+    with Database.open(path, REGTEST) as db:
+        first, second = db.next_channel_dbid(), db.next_channel_dbid()
+        assert first == 1 and second == 2
+        peer = db.add_peer(NODE_A, None)
+        # A channel stored under a higher id (however it got there) is never handed out again.
+        db.execute(
+            "INSERT INTO channels (id, peer_id, state, opener, funding_satoshi, our_msat,"
+            " created_at) VALUES (10, ?, 0, 0, 1000, 0, 0)",
+            (peer,),
+        )
+        assert db.next_channel_dbid() == 11
+        with pytest.raises(DatabaseError, match="CHECK"):
+            db.execute(
+                "INSERT INTO channels (id, peer_id, state, opener, funding_satoshi, our_msat,"
+                " created_at) VALUES (0, ?, 0, 0, 1000, 0, 0)",
+                (peer,),
+            )
+    with Database.open(path, REGTEST) as db:  # the counter survives a restart
+        assert db.next_channel_dbid() == 12
