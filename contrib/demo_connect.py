@@ -1,84 +1,91 @@
-"""Two nodes meet: what the foundation can do today, end to end.
+"""The main job for now: two lightningd nodes on regtest meet, driven by lightning-cli.
 
-Each node starts its own hsmd subprocess (which creates its hsm_secret), and
-the two connect over loopback TCP: BOLT #8 handshake with hsmd doing the
-node-key ECDH, BOLT #1 `init` exchange with feature negotiation, one
-ping/pong. Prints what each side learned. Later issues replace this with a
-regtest channel open between two lightningd nodes.
+Starts two daemons from the source tree (each with its own hsmd, database and
+RPC socket in a temporary lightning-dir), connects the first to the second
+with `lightning-cli connect`, shows `listpeers` from both sides, and stops
+them with `lightning-cli stop`. No bitcoind is needed yet: later issues turn
+this into a regtest channel open.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import socket
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from common.chainparams import CHAINS
-from common.features import feature_names, our_features
-from common.peer_io import async_handshake_initiator_sock, async_handshake_responder_sock
-from common.read_peer_msg import PeerEvent, Reply, check_init, handle_peer_msg, make_init
-from common.status import LogLevel
-from lightningd.hsm_control import HsmControl
-from lightningd.log import NodeLog
-from wire import peer_wiregen as wire
-
-CHAIN = CHAINS["regtest"]
+ROOT = Path(__file__).resolve().parent.parent
+LIGHTNINGD = ROOT / "lightningd" / "lightningd"
+LIGHTNING_CLI = ROOT / "cli" / "lightning-cli"
 
 
-# The node log goes to stdout, at INFO: hsmd's own lines appear too.
-LOG = NodeLog(LogLevel.INFO, ["-"], prefix="  ", timestamps=False)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-async def start_node(name: str, base: Path) -> HsmControl:
-    directory = base / name / CHAIN.network
-    directory.mkdir(parents=True)
-    hsm = HsmControl(LOG)
-    info = await hsm.start(str(directory / "hsm_secret"), CHAIN.chain_hash)
-    print(f"{name}: node id {info.node_id.hex()} (hsmd pid {hsm.pid})")
-    return hsm
+class DemoNode:
+    def __init__(self, name: str, base: Path) -> None:
+        self.name = name
+        self.dir = base / name
+        self.port = free_port()
+
+    def start(self) -> None:
+        self.dir.mkdir()
+        args = [
+            f"--lightning-dir={self.dir}",
+            "--network=regtest",
+            f"--addr=127.0.0.1:{self.port}",
+            f"--alias={self.name}",
+            "--log-file=log",
+            "--daemon",
+        ]
+        subprocess.run([LIGHTNINGD, *args], check=True)
+        deadline = time.monotonic() + 30
+        while not (self.dir / "regtest" / "lightning-rpc").exists():
+            if time.monotonic() > deadline:
+                sys.exit(f"{self.name} did not start; see {self.dir / 'regtest' / 'log'}")
+            time.sleep(0.05)
+
+    def stop(self) -> str:
+        """`lightning-cli stop`, then wait until the daemon has exited (its pid file goes)."""
+        result = self.cli("stop")
+        pid_file = self.dir / "lightningd-regtest.pid"
+        deadline = time.monotonic() + 30
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return str(result)
+
+    def cli(self, *args: str) -> dict | str:
+        cmd = [LIGHTNING_CLI, f"--lightning-dir={self.dir}", "--network=regtest", *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
 
 
-async def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="demo-") as tmp:
-        alice, bob = await start_node("alice", Path(tmp)), await start_node("bob", Path(tmp))
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.setblocking(False)
-        port = listener.getsockname()[1]
-        print(f"bob listens on 127.0.0.1:{port}; alice connects")
+def show(title: str, value: object) -> None:
+    print(f"$ {title}\n{json.dumps(value, indent=2)}\n")
 
-        out = socket.create_connection(("127.0.0.1", port))
-        b_sock, _ = await asyncio.get_running_loop().sock_accept(listener)
-        a_conn, b_conn = await asyncio.gather(
-            async_handshake_initiator_sock(
-                out, alice.info.node_id, alice.ecdh, bob.info.node_id, timeout=10
-            ),
-            async_handshake_responder_sock(b_sock, bob.info.node_id, bob.ecdh, timeout=10),
-        )
-        assert b_conn.remote_pubkey == alice.info.node_id
-        print("BOLT #8 handshake done: bob authenticated alice's node id")
 
-        for conn in (a_conn, b_conn):
-            await conn.write_message(make_init(our_features(), CHAIN.chain_hash))
-        a_init = check_init(await a_conn.read_message(), our_features(), CHAIN.chain_hash)
-        check_init(await b_conn.read_message(), our_features(), CHAIN.chain_hash)
-        print(f"init exchanged; bob offers: {', '.join(feature_names(a_init.features))}")
-
-        await a_conn.write_message(wire.Ping(num_pong_bytes=16, ignored=b"").encode())
-        event: PeerEvent = handle_peer_msg(await b_conn.read_message())
-        assert isinstance(event, Reply)
-        await b_conn.write_message(event.msg)
-        pong = wire.decode(await a_conn.read_message())
-        print(f"ping -> pong with {len(pong.ignored)} bytes: the connection is alive")
-
-        for conn in (a_conn, b_conn):
-            conn.close()
-        listener.close()
-        await alice.stop()
-        await bob.stop()
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="lightning-demo-") as tmp:
+        alice, bob = DemoNode("alice", Path(tmp)), DemoNode("bob", Path(tmp))
+        for node in (alice, bob):
+            node.start()
+        try:
+            info = bob.cli("getinfo")
+            print(f"bob is {info['id']} on {info['network']}, listening on port {bob.port}\n")
+            uri = f"{info['id']}@127.0.0.1:{bob.port}"
+            show(f"lightning-cli connect {uri}   (on alice)", alice.cli("connect", uri))
+            show("lightning-cli listpeers   (on bob)", bob.cli("listpeers"))
+        finally:
+            for node in (alice, bob):
+                print(f"{node.name}: lightning-cli stop -> {node.stop()}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

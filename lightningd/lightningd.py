@@ -183,7 +183,10 @@ class LightningD:
             "num_pending_channels": 0,
             "num_active_channels": 0,
             "num_inactive_channels": 0,
-            "address": [],
+            "address": [
+                {"type": a.kind, "address": a.host, "port": a.port}
+                for a in self.announced_addresses()
+            ],
             "binding": [b.to_json() for b in self.connect.bindings],
             "version": VERSION,
             "blockheight": 0,
@@ -192,6 +195,16 @@ class LightningD:
             "lightning-dir": self.config.network_dir,
             "our_features": {"init": ours, "node": ours, "channel": "", "invoice": ""},
         }
+
+    def announced_addresses(self) -> list:
+        """What we tell the network; like CLN, localhost only with --dev-allow-localhost."""
+        local = ("127.", "::1", "localhost")
+        return [
+            a
+            for a in self.config.announce_addrs
+            if a.kind in ("ipv4", "ipv6", "dns")
+            and (self.config.dev_allow_localhost or not a.host.startswith(local))
+        ]
 
     async def json_stop(self) -> str:
         # Answer first: the reply must leave before the RPC socket closes.

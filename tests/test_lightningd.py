@@ -24,7 +24,7 @@ def peer_ids(node) -> set[str]:
 
 
 def test_getinfo(node_factory):
-    l1 = node_factory.get_node("--alias=SATOSHI", "--rgb=ff0080")
+    l1 = node_factory.get_node("--alias=SATOSHI", "--rgb=ff0080", "--announce-addr=10.1.2.3:9735")
     info = l1.rpc.getinfo()
     assert len(info["id"]) == 66
     assert info["alias"] == "SATOSHI"
@@ -34,6 +34,7 @@ def test_getinfo(node_factory):
     assert info["num_peers"] == 0
     assert info["num_active_channels"] == info["num_pending_channels"] == 0
     assert info["binding"] == [{"type": "ipv4", "address": "127.0.0.1", "port": l1.port}]
+    assert info["address"] == [{"type": "ipv4", "address": "10.1.2.3", "port": 9735}]
     assert info["lightning-dir"] == str(l1.dir / "regtest")
     assert set(info["our_features"]) == {"init", "node", "channel", "invoice"}
     # Files where a CLN user expects them, with CLN's permissions.
@@ -260,6 +261,11 @@ def test_bad_option_is_a_clear_error(tmp_path):
     assert out.returncode == 1
     assert "frobnicate" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run([*run, "--version"], cwd=ROOT, capture_output=True, text=True)
+    assert (out.returncode, out.stdout.strip()) == (0, VERSION)
+    # The executable in the source tree, as Core Lightning's build tree has one.
+    out = subprocess.run(
+        [ROOT / "lightningd" / "lightningd", "--version"], capture_output=True, text=True
+    )
     assert (out.returncode, out.stdout.strip()) == (0, VERSION)
 
 
