@@ -153,7 +153,6 @@ def feature_names(field: bytes) -> list[str]:
 
 
 def list_features_lines() -> list[str]:
-    """What `lightningd --list-features-only` prints, one line per feature we set."""
-    lines = [f"option_{f.short_name}/even" for f in OUR_COMPULSORY]
-    lines += [f"option_{f.short_name}/odd" for f in OUR_OPTIONAL]
-    return lines
+    """What `lightningd --list-features-only` prints: one line per feature, in bit order."""
+    ours = [(f, "even") for f in OUR_COMPULSORY] + [(f, "odd") for f in OUR_OPTIONAL]
+    return [f"option_{f.short_name}/{parity}" for f, parity in sorted(ours)]

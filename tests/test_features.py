@@ -67,5 +67,6 @@ def test_merge_and_names():
         "anchors/odd",
         "unknown_101/odd",
     ]
-    assert "option_static_remotekey/even" in list_features_lines()
-    assert "option_anchors/odd" in list_features_lines()
+    lines = list_features_lines()
+    assert lines[:2] == ["option_data_loss_protect/even", "option_upfront_shutdown_script/odd"]
+    assert lines.index("option_static_remotekey/even") < lines.index("option_anchors/odd")
