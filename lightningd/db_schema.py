@@ -73,6 +73,7 @@ CREATE TABLE channels (
     their_max_accepted_htlcs INTEGER,
 
     -- Our keys are not stored: hsmd derives them from the dbid.
+    our_funding_pubkey BLOB,  -- public: kept so listing channels needs no hsmd round trip
     their_funding_pubkey BLOB,
     their_revocation_basepoint BLOB,
     their_payment_basepoint BLOB,

@@ -19,11 +19,13 @@ from typing import IO
 
 from common.features import our_features
 from common.version import VERSION
-from lightningd.connect_control import ConnectControl, parse_host_port
+from lightningd.channel import Channel, ChannelState, load_channels
+from lightningd.connect_control import ConnectControl
 from lightningd.db import Database, DatabaseError
 from lightningd.hsm_control import HsmControl, HsmError
 from lightningd.jsonrpc import JsonRpcServer
 from lightningd.log import NodeLog
+from lightningd.opening_control import OpeningControl
 from lightningd.options import Config, EarlyExit, OptionError, parse_options
 from lightningd.peer_control import PING_INTERVAL, NetAddress, PeerControl
 
@@ -96,6 +98,8 @@ class LightningD:
         self.rpc = JsonRpcServer(log, developer=config.developer)
         self.peers = PeerControl(self)
         self.connect = ConnectControl(self)
+        self.opening = OpeningControl(self)
+        self.channels: list[Channel] = []
         self.node_id = b""
         self.alias = ""
         self.color = b""
@@ -122,12 +126,14 @@ class LightningD:
         self.color = cfg.rgb or self.node_id[:3]
         try:
             self.db = Database.open(os.path.join(cfg.network_dir, DB_FILE), cfg.chain.chain_hash)
+            self.channels = load_channels(self.db)
         except DatabaseError as exc:
             raise StartupError(str(exc)) from None
         await self.connect.listen(self.listen_addresses())
         self.register_commands()
         self.peers.register_commands()
         self.connect.register_commands()
+        self.opening.register_commands()
         await self.rpc.start(cfg.rpc_path, int(cfg.rpc_file_mode, 8))
         self.log.info(
             SOURCE,
@@ -148,12 +154,14 @@ class LightningD:
         return args
 
     def listen_addresses(self) -> list[NetAddress]:
-        port = self.config.chain.default_port
-        texts = [*self.config.addr, *self.config.bind_addr] or ["0.0.0.0"]
-        try:
-            return [parse_host_port(t, port) for t in texts]
-        except ValueError as exc:
-            raise StartupError(f"--addr: {exc}") from None
+        """--addr/--bind-addr; with neither, all interfaces on the network's port, as CLN."""
+        addrs = self.config.listen_addrs
+        if not addrs:
+            return [NetAddress("0.0.0.0", self.config.chain.default_port)]
+        unsupported = [str(a) for a in addrs if a.kind not in ("ipv4", "ipv6", "dns", "wildcard")]
+        if unsupported:
+            raise StartupError(f"Cannot listen on {', '.join(unsupported)}: not supported yet")
+        return [NetAddress("0.0.0.0" if a.kind == "wildcard" else a.host, a.port) for a in addrs]
 
     # -- serving ------------------------------------------------------------------------
 
@@ -180,9 +188,7 @@ class LightningD:
             "alias": self.alias,
             "color": self.color.hex(),
             "num_peers": len(self.peers.peers),
-            "num_pending_channels": 0,
-            "num_active_channels": 0,
-            "num_inactive_channels": 0,
+            **self.channel_counts(),
             "address": [
                 {"type": a.kind, "address": a.host, "port": a.port}
                 for a in self.announced_addresses()
@@ -194,6 +200,20 @@ class LightningD:
             "fees_collected_msat": 0,
             "lightning-dir": self.config.network_dir,
             "our_features": {"init": ours, "node": ours, "channel": "", "invoice": ""},
+        }
+
+    def channels_of(self, node_id: bytes) -> list[Channel]:
+        return [c for c in self.channels if c.peer_id == node_id]
+
+    def channel_counts(self) -> dict[str, int]:
+        """getinfo's counts, as Core Lightning groups the states."""
+        opening = len(self.opening.uncommitted_json(None))
+        awaiting = sum(c.state == ChannelState.CHANNELD_AWAITING_LOCKIN for c in self.channels)
+        active = sum(c.state == ChannelState.CHANNELD_NORMAL for c in self.channels)
+        return {
+            "num_pending_channels": opening + awaiting,
+            "num_active_channels": active,
+            "num_inactive_channels": len(self.channels) - awaiting - active,
         }
 
     def announced_addresses(self) -> list:
@@ -230,6 +250,7 @@ class LightningD:
         self.log.info(SOURCE, "Shutting down")
         await self.rpc.stop()
         await self.connect.shutdown()
+        await self.opening.shutdown()
         await self.peers.shutdown()
         await self.hsm.stop()
         if hasattr(self, "db"):

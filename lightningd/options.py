@@ -241,6 +241,8 @@ class Config:
     rpc_file_mode: str = "0600"
 
     dev_bitcoind_poll: int = 30
+    # Ours, not CLN's: how long openingd waits for the peer at each step of an open.
+    dev_opening_timeout: int = 60
     dev_allow_localhost: bool = False
     dev_force_privkey: str | None = None
     dev_force_bip32_seed: str | None = None
@@ -696,6 +698,13 @@ _OPTIONS: list[Option] = [
         _u32("dev_bitcoind_poll"),
         dev=True,
         show="dev_bitcoind_poll",
+    ),
+    _arg(
+        "dev-opening-timeout",
+        "Seconds openingd waits for each message from the peer before giving up",
+        _u32("dev_opening_timeout"),
+        dev=True,
+        show="dev_opening_timeout",
     ),
     _flag(
         "dev-allow-localhost",

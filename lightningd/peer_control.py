@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from common.cryptomsg import CryptoState
 from common.features import feature_names
-from common.peer_io import AsyncPeerConnection, ConnectionClosed
+from common.peer_io import AsyncPeerConnection, ConnectionClosed, Handover
 from common.read_peer_msg import (
     Deliver,
     Ignored,
@@ -35,6 +38,8 @@ from wire import peer_wiregen as wire
 if TYPE_CHECKING:
     from lightningd.lightningd import LightningD
 
+# Returned by _handle when the connection has moved to a subdaemon.
+HANDED_OVER = object()
 # Core Lightning pings an idle peer about once a minute and gives it 30 seconds to answer.
 PING_INTERVAL = 60.0
 PONG_TIMEOUT = 30.0
@@ -60,7 +65,8 @@ class NetAddress:
 @dataclass
 class Peer:
     node_id: bytes
-    conn: AsyncPeerConnection
+    # None while a subdaemon (openingd) owns the connection.
+    conn: AsyncPeerConnection | None
     direction: str  # "in" or "out", as Core Lightning reports it
     address: NetAddress
     init: PeerInit
@@ -102,16 +108,56 @@ class PeerControl:
         peer.task = asyncio.get_running_loop().create_task(self._serve(peer))
 
     async def disconnect(self, peer: Peer, reason: str) -> None:
+        if peer.conn is None:
+            # A subdaemon holds the connection: ending it ends the connection too.
+            await self.ld.opening.abort(peer.node_id)
+        await self._stop_serving(peer)
+        if peer.conn is not None:
+            peer.conn.close()
+            peer.conn = None
+        await self.lost(peer, reason)
+
+    async def lost(self, peer: Peer, reason: str) -> None:
+        """The peer is gone (its connection closed here, or with a subdaemon)."""
         if self.peers.get(peer.node_id) is peer:
             del self.peers[peer.node_id]
-        peer.disconnect_reason = peer.disconnect_reason or reason
-        # Stop the peer's reader before closing: a descriptor closed under a waiting
-        # reader never wakes it.
-        if peer.task is not None and peer.task is not asyncio.current_task():
-            peer.task.cancel()
-            await asyncio.gather(peer.task, return_exceptions=True)
-        peer.conn.close()
-        self.ld.log.info(SOURCE, f"Peer disconnected: {reason}", peer.node_id)
+            peer.disconnect_reason = reason
+            self.ld.log.info(SOURCE, f"Peer disconnected: {reason}", peer.node_id)
+
+    async def _stop_serving(self, peer: Peer) -> None:
+        # Stop the peer's reader before touching its socket: a descriptor closed under
+        # a waiting reader never wakes it.
+        task, peer.task = peer.task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- handing the connection to a subdaemon and back --------------------------------
+
+    async def take(self, peer: Peer) -> Handover:
+        """Stop serving the peer here and give up its socket and cipher state."""
+        await self._stop_serving(peer)
+        assert peer.conn is not None
+        handover = await peer.conn.detach()
+        peer.conn = None
+        if handover.pending:
+            # Our raw-socket reader never reads ahead; this would be a bug, not a peer's doing.
+            os.close(handover.fd)
+            raise RuntimeError("peer connection had unread bytes at handover")
+        return handover
+
+    async def give_back(self, peer: Peer, fd: int, cipher_state: bytes) -> None:
+        """A subdaemon returned the connection: park the peer here again."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        peer.conn = AsyncPeerConnection.from_socket(
+            sock, CryptoState.from_bytes(cipher_state), peer.node_id
+        )
+        if self.peers.get(peer.node_id) is peer:
+            peer.task = asyncio.get_running_loop().create_task(self._serve(peer))
+        else:  # disconnected meanwhile (e.g. a `disconnect` command)
+            peer.conn.close()
+            peer.conn = None
 
     async def shutdown(self) -> None:
         for peer in list(self.peers.values()):
@@ -122,9 +168,10 @@ class PeerControl:
     async def _serve(self, peer: Peer) -> None:
         pinger = asyncio.get_running_loop().create_task(self._ping_loop(peer))
         try:
-            while True:
+            while peer.conn is not None:
                 raw = await peer.conn.read_message()
-                await self._handle(peer, raw)
+                if await self._handle(peer, raw) is HANDED_OVER:
+                    return
         except PeerProtocolError as exc:
             if exc.warning is not None:
                 with contextlib.suppress(OSError, ConnectionError):
@@ -138,8 +185,11 @@ class PeerControl:
         finally:
             pinger.cancel()
 
-    async def _handle(self, peer: Peer, raw: bytes) -> None:
+    async def _handle(self, peer: Peer, raw: bytes) -> object:
         event = handle_peer_msg(raw)
+        if isinstance(event, Deliver) and isinstance(event.msg, wire.OpenChannel):
+            await self.ld.opening.peer_open_channel(peer, raw)
+            return HANDED_OVER if peer.conn is None else None
         if isinstance(event, Reply):
             await peer.conn.write_message(event.msg)
         elif isinstance(event, Ignored):
@@ -161,6 +211,12 @@ class PeerControl:
         if channel_id is None or not 32 <= event.msg.TYPE <= 255:
             self.ld.log.debug(SOURCE, f"Ignoring {event.msg.NAME}", peer.node_id)
             return
+        if any(c.opened.channel_id == channel_id for c in self.ld.channels_of(peer.node_id)):
+            # A channel we have, but no channel daemon for it yet: never fail it for that.
+            self.ld.log.debug(
+                SOURCE, f"Ignoring {event.msg.NAME} for a stored channel", peer.node_id
+            )
+            return
         # BOLT #1: "SHOULD send error with the unknown channel_id in reply to messages of
         # type 32-255 related to unknown channels."
         self.ld.log.unusual(SOURCE, f"{event.msg.NAME} for unknown channel", peer.node_id)
@@ -173,6 +229,8 @@ class PeerControl:
     async def _ping_loop(self, peer: Peer) -> None:
         while True:
             await asyncio.sleep(self.ld.ping_interval)
+            if peer.conn is None:
+                return
             size = secrets.randbelow(64)
             peer.pong_expected = size
             # BOLT #1: a ping's ignored bytes "SHOULD" be 0s.
@@ -217,7 +275,7 @@ class PeerControl:
         out = {
             "id": peer.node_id.hex(),
             "connected": True,
-            "num_channels": 0,
+            "num_channels": len(self.ld.channels_of(peer.node_id)),
             "netaddr": [str(peer.address)],
             "features": peer.init.features.hex(),
         }
@@ -237,5 +295,9 @@ class PeerControl:
         return {}
 
     async def json_listpeerchannels(self, id: bytes | None = None) -> dict:
-        # Channels arrive with openingd (a later issue): none can exist yet.
-        return {"channels": []}
+        stored = [
+            c.to_json(c.peer_id in self.peers)
+            for c in self.ld.channels
+            if id is None or c.peer_id == id
+        ]
+        return {"channels": self.ld.opening.uncommitted_json(id) + stored}

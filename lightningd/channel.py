@@ -1,0 +1,258 @@
+"""Channels as lightningd keeps them: states, the database row, the RPC view.
+
+A channel exists here only once its first commitment transactions are
+signed (openingd's opened_channel). Before that, an open in progress is an
+UncommittedChannel: shown by listpeerchannels as OPENINGD, never stored.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from common import channel_type as ctype
+from common.amount import AmountMsat, AmountSat
+from common.features import feature_names
+from lightningd.db import Database
+from openingd import openingd_wiregen as opening_wire
+
+
+class ChannelState(enum.IntEnum):
+    """Core Lightning's channel states and their numbers (as its database stores them)."""
+
+    CHANNELD_AWAITING_LOCKIN = 2
+    CHANNELD_NORMAL = 3
+    CHANNELD_SHUTTING_DOWN = 4
+    CLOSINGD_SIGEXCHANGE = 5
+    CLOSINGD_COMPLETE = 6
+    AWAITING_UNILATERAL = 7
+    FUNDING_SPEND_SEEN = 8
+    ONCHAIN = 9
+    CLOSED = 10
+
+
+LOCAL, REMOTE = 0, 1
+
+
+def display_txid(txid: bytes) -> str:
+    """Bitcoin shows txids byte-reversed from how transactions carry them."""
+    return txid[::-1].hex()
+
+
+@dataclass
+class Channel:
+    dbid: int
+    peer_id: bytes
+    state: ChannelState
+    opened: opening_wire.OpenedChannel
+    short_channel_id: str | None = None
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def opener(self) -> int:
+        return self.opened.opener
+
+    @property
+    def total(self) -> AmountMsat:
+        return self.opened.funding.to_msat()
+
+    @property
+    def our_msat(self) -> AmountMsat:
+        """Ours at the start: everything but the push if we opened, just the push if they did."""
+        if self.opener == LOCAL:
+            return self.total - self.opened.push
+        return self.opened.push
+
+    def status(self) -> list[str]:
+        if self.state == ChannelState.CHANNELD_AWAITING_LOCKIN:
+            depth = self.opened.minimum_depth
+            return [f"{self.state.name}:Funding needs {depth} more confirmations for lockin."]
+        return [f"{self.state.name}:Channel ready for use."]
+
+    def to_json(self, peer_connected: bool) -> dict:
+        o = self.opened
+        return {
+            "peer_id": self.peer_id.hex(),
+            "peer_connected": peer_connected,
+            "state": self.state.name,
+            "channel_type": ctype.to_json(o.channel_type),
+            "feerate": {"perkw": o.feerate_per_kw, "perkb": o.feerate_per_kw * 4},
+            **({"short_channel_id": self.short_channel_id} if self.short_channel_id else {}),
+            "channel_id": o.channel_id.hex(),
+            "funding_txid": display_txid(o.funding_txid),
+            "funding_outnum": o.funding_outnum,
+            **(
+                {"close_to": o.our_upfront_shutdown_script.hex()}
+                if o.our_upfront_shutdown_script
+                else {}
+            ),
+            "private": not o.channel_flags & 1,
+            "opener": "local" if self.opener == LOCAL else "remote",
+            "features": [f"option_{n.split('/')[0]}" for n in feature_names(o.channel_type)],
+            "funding": {
+                "local_funds_msat": o.funding.to_msat().msat if self.opener == LOCAL else 0,
+                "remote_funds_msat": o.funding.to_msat().msat if self.opener == REMOTE else 0,
+                "pushed_msat": o.push.msat,
+            },
+            "to_us_msat": self.our_msat.msat,
+            "total_msat": self.total.msat,
+            "dust_limit_msat": o.our_config.dust_limit.to_msat().msat,
+            # BOLT #2: each side's channel_reserve_satoshis is what the *other* side must keep.
+            "their_reserve_msat": o.our_config.channel_reserve.to_msat().msat,
+            "our_reserve_msat": o.their_config.channel_reserve.to_msat().msat,
+            "minimum_htlc_in_msat": o.our_config.htlc_minimum.msat,
+            "their_to_self_delay": o.their_config.to_self_delay,
+            "our_to_self_delay": o.our_config.to_self_delay,
+            "max_accepted_htlcs": o.our_config.max_accepted_htlcs,
+            "minimum_depth": o.minimum_depth,
+            "status": self.status(),
+            "htlcs": [],
+        }
+
+
+@dataclass
+class UncommittedChannel:
+    """An open being negotiated by openingd: nothing stored, nothing at stake yet."""
+
+    peer_id: bytes
+    opener: int
+    funding: AmountSat | None = None
+    billboard: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        total = self.funding.to_msat().msat if self.funding else 0
+        return {
+            "peer_id": self.peer_id.hex(),
+            "peer_connected": True,
+            "state": "OPENINGD",
+            "owner": "openingd",
+            "opener": "local" if self.opener == LOCAL else "remote",
+            "to_us_msat": total if self.opener == LOCAL else 0,
+            "total_msat": total,
+            "status": self.billboard,
+            "htlcs": [],
+        }
+
+
+# -- the database ------------------------------------------------------------------------
+
+_COLUMNS = (
+    "id, peer_id, state, channel_id, opener, channel_flags, channel_type, minimum_depth,"
+    " funding_txid, funding_outnum, funding_satoshi, push_msatoshi, our_msat, feerate_per_kw,"
+    " short_channel_id,"
+    " our_dust_limit_sat, our_max_htlc_value_in_flight_msat, our_channel_reserve_sat,"
+    " our_htlc_minimum_msat, our_to_self_delay, our_max_accepted_htlcs,"
+    " their_dust_limit_sat, their_max_htlc_value_in_flight_msat, their_channel_reserve_sat,"
+    " their_htlc_minimum_msat, their_to_self_delay, their_max_accepted_htlcs,"
+    " our_funding_pubkey, their_funding_pubkey,"
+    " their_revocation_basepoint, their_payment_basepoint, their_htlc_basepoint,"
+    " their_delayed_payment_basepoint, their_per_commit_point,"
+    " last_sig, shutdown_scriptpubkey_local, shutdown_scriptpubkey_remote, created_at"
+)
+
+
+def _to_s64(value: int) -> int:
+    """SQLite integers are signed 64-bit; a u64 such as 2^64-1 is kept in two's complement."""
+    return value - 2**64 if value >= 2**63 else value
+
+
+def _from_s64(value: int) -> int:
+    return value + 2**64 if value < 0 else value
+
+
+def _config_row(c: opening_wire.ChannelConfig) -> tuple:
+    return (
+        c.dust_limit.sat,
+        _to_s64(c.max_htlc_value_in_flight.msat),
+        c.channel_reserve.sat,
+        c.htlc_minimum.msat,
+        c.to_self_delay,
+        c.max_accepted_htlcs,
+    )
+
+
+def _config_from(row, side: str) -> opening_wire.ChannelConfig:
+    """`side` is "our" or "their": the column prefix."""
+    return opening_wire.ChannelConfig(
+        dust_limit=AmountSat(row[f"{side}_dust_limit_sat"]),
+        max_htlc_value_in_flight=AmountMsat(
+            _from_s64(row[f"{side}_max_htlc_value_in_flight_msat"])
+        ),
+        channel_reserve=AmountSat(row[f"{side}_channel_reserve_sat"]),
+        htlc_minimum=AmountMsat(row[f"{side}_htlc_minimum_msat"]),
+        to_self_delay=row[f"{side}_to_self_delay"],
+        max_accepted_htlcs=row[f"{side}_max_accepted_htlcs"],
+    )
+
+
+def save_channel(db: Database, channel: Channel, address: str | None) -> None:
+    """Insert the channel, committed and synced when this returns (see Database)."""
+    o = channel.opened
+    bp = o.their_basepoints
+    with db.transaction():
+        peer_row = db.add_peer(channel.peer_id, address)
+        values = (
+            channel.dbid, peer_row, int(channel.state), o.channel_id, o.opener, o.channel_flags,
+            o.channel_type, o.minimum_depth, o.funding_txid, o.funding_outnum, o.funding.sat,
+            o.push.msat, channel.our_msat.msat, o.feerate_per_kw, channel.short_channel_id,
+            *_config_row(o.our_config), *_config_row(o.their_config),
+            o.our_funding_pubkey, o.their_funding_pubkey,
+            bp.revocation, bp.payment, bp.htlc, bp.delayed_payment,
+            o.their_first_per_commitment_point, o.their_commit_sig,
+            o.our_upfront_shutdown_script, o.their_upfront_shutdown_script, channel.created_at,
+        )  # fmt: skip
+        marks = ", ".join("?" * len(values))
+        db.execute(f"INSERT INTO channels ({_COLUMNS}) VALUES ({marks})", values)
+
+
+def set_channel_state(db: Database, channel: Channel, state: ChannelState) -> None:
+    db.execute("UPDATE channels SET state = ? WHERE id = ?", (int(state), channel.dbid))
+    channel.state = state
+
+
+def load_channels(db: Database) -> list[Channel]:
+    """Every stored channel, oldest first."""
+    rows = db.query(
+        "SELECT channels.*, peers.node_id FROM channels"
+        " JOIN peers ON peers.id = channels.peer_id ORDER BY channels.id"
+    )
+    channels = []
+    for r in rows:
+        opened = opening_wire.OpenedChannel(
+            channel_id=r["channel_id"],
+            funding_txid=r["funding_txid"],
+            funding_outnum=r["funding_outnum"],
+            funding=AmountSat(r["funding_satoshi"]),
+            push=AmountMsat(r["push_msatoshi"]),
+            opener=r["opener"],
+            channel_flags=r["channel_flags"],
+            channel_type=r["channel_type"],
+            feerate_per_kw=r["feerate_per_kw"],
+            minimum_depth=r["minimum_depth"],
+            our_config=_config_from(r, "our"),
+            their_config=_config_from(r, "their"),
+            our_funding_pubkey=r["our_funding_pubkey"],
+            their_funding_pubkey=r["their_funding_pubkey"],
+            their_basepoints=opening_wire.Basepoints(
+                revocation=r["their_revocation_basepoint"],
+                payment=r["their_payment_basepoint"],
+                htlc=r["their_htlc_basepoint"],
+                delayed_payment=r["their_delayed_payment_basepoint"],
+            ),
+            their_first_per_commitment_point=r["their_per_commit_point"],
+            their_commit_sig=r["last_sig"],
+            our_upfront_shutdown_script=r["shutdown_scriptpubkey_local"] or b"",
+            their_upfront_shutdown_script=r["shutdown_scriptpubkey_remote"] or b"",
+        )
+        channels.append(
+            Channel(
+                dbid=r["id"],
+                peer_id=r["node_id"],
+                state=ChannelState(r["state"]),
+                opened=opened,
+                short_channel_id=r["short_channel_id"],
+                created_at=r["created_at"],
+            )
+        )
+    return channels

@@ -1,0 +1,453 @@
+"""lightningd's half of openingd: start it, answer it, store what it agreed.
+
+One openingd per peer with an open in flight (Core Lightning: "Multiple
+simultaneous opens not supported"). The peer's connection moves to openingd
+with its cipher state and comes back when the negotiation ends, whichever
+way it ends. A channel is written to the database, synced, before anything
+irreversible: as accepter, before funding_signed leaves; as opener, before
+fundchannel_complete returns (the funding tx may be broadcast only after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bitcointx import segwit_addr
+from bitcointx.core.psbt import PartiallySignedTransaction
+
+from common import channel_type as ctype
+from common.amount import AmountMsat, AmountSat
+from common.features import bits_to_bytes, our_features
+from common.subdaemon import HSM_FD, PEER_FD
+from hsmd.capabilities import OPENINGD_CAPABILITIES
+from lightningd.channel import (
+    LOCAL,
+    REMOTE,
+    Channel,
+    ChannelState,
+    UncommittedChannel,
+    save_channel,
+)
+from lightningd.feerate import parse_feerate
+from lightningd.jsonrpc import (
+    Param,
+    RpcError,
+    param_array,
+    param_bool,
+    param_msat,
+    param_node_id,
+    param_sat,
+    param_string,
+    param_u32,
+)
+from lightningd.jsonrpc_errors import (
+    FUNDING_NOTHING_TO_CANCEL,
+    FUNDING_PEER_NOT_CONNECTED,
+    FUNDING_PSBT_INVALID,
+    FUNDING_STATE_INVALID,
+    LIGHTNINGD,
+)
+from lightningd.subd import Subd
+from openingd import openingd_wiregen as wire
+
+if TYPE_CHECKING:
+    from lightningd.lightningd import LightningD
+    from lightningd.peer_control import Peer
+
+SOURCE = "openingd"
+# BOLT #2 dust limit floor; Core Lightning uses Bitcoin Core's 546 for its own outputs.
+OUR_DUST_LIMIT_SAT = 546
+OUR_TO_SELF_DELAY = 6 * 24
+OUR_MAX_ACCEPTED_HTLCS = 483
+# Without fee estimates (the chain backend comes later), what we open with and accept.
+DEFAULT_FEERATE_PERKW = 7500
+MIN_FEERATE_PERKW = 253
+MAX_FEERATE_PERKW = 10 * DEFAULT_FEERATE_PERKW
+WARNING_USAGE = (
+    "The funding transaction MUST NOT be broadcast until after channel establishment has "
+    "been successfully completed by running `fundchannel_complete`"
+)
+
+
+@dataclass
+class PendingOpen:
+    """One negotiation in flight with a peer; the RPC calls waiting on openingd."""
+
+    peer: Peer
+    uncommitted: UncommittedChannel
+    dbid: int
+    subd: Subd | None = None
+    waiting: asyncio.Future[Any] | None = None
+    start_reply: wire.OpeningdFunderStartReply | None = None
+    funding: AmountSat | None = None
+    close_to: bytes = b""
+    mindepth: int | None = None
+    peer_returned: bool = False
+    done: bool = False
+
+
+class OpeningControl:
+    def __init__(self, ld: LightningD) -> None:
+        self.ld = ld
+        self.opens: dict[bytes, PendingOpen] = {}
+
+    # -- starting openingd ----------------------------------------------------------------
+
+    def our_config(self) -> wire.ChannelConfig:
+        cfg = self.ld.config
+        return wire.ChannelConfig(
+            dust_limit=AmountSat(OUR_DUST_LIMIT_SAT),
+            max_htlc_value_in_flight=AmountMsat(2**64 - 1),
+            channel_reserve=AmountSat(0),  # per channel: openingd computes it
+            htlc_minimum=AmountMsat(cfg.htlc_minimum_msat),
+            to_self_delay=OUR_TO_SELF_DELAY,
+            max_accepted_htlcs=min(cfg.max_concurrent_htlcs, OUR_MAX_ACCEPTED_HTLCS),
+        )
+
+    async def start_openingd(
+        self, peer: Peer, opener: int, open_channel: bytes = b""
+    ) -> PendingOpen:
+        """Hand the peer to a new openingd (the caller checked none is running)."""
+        cfg = self.ld.config
+        dbid = self.ld.db.next_channel_dbid()
+        pending = PendingOpen(peer, UncommittedChannel(peer.node_id, opener), dbid)
+        self.opens[peer.node_id] = pending
+        handover = await self.ld.peers.take(peer)
+        hsm_fd = -1
+        try:
+            hsm_fd = await self.ld.hsm.client_fd(peer.node_id, dbid, OPENINGD_CAPABILITIES)
+            pending.subd = Subd.start(
+                "openingd",
+                "openingd.openingd",
+                {PEER_FD: handover.fd, HSM_FD: hsm_fd},
+                ["--developer"] if cfg.developer else [],
+                self.ld.log,
+                peer.node_id,
+                lambda msg, fds: self._from_openingd(pending, msg, fds),
+                lambda subd: self._openingd_died(pending, subd),
+            )
+        except Exception:
+            del self.opens[peer.node_id]
+            await self.ld.peers.lost(peer, "could not start openingd")
+            raise
+        finally:
+            os.close(handover.fd)
+            if hsm_fd >= 0:
+                os.close(hsm_fd)
+        init = wire.OpeningdInit(
+            chain_hash=cfg.chain.chain_hash,
+            peer_id=peer.node_id,
+            dbid=dbid,
+            cipher_state=handover.state.to_bytes(),
+            our_features=our_features(),
+            their_features=peer.init.features,
+            our_config=self.our_config(),
+            max_to_self_delay=cfg.max_locktime_blocks,
+            min_effective_htlc_capacity=AmountMsat(cfg.min_capacity_sat * 1000),
+            minimum_depth=cfg.funding_confirms,
+            min_feerate=MIN_FEERATE_PERKW,
+            max_feerate=MAX_FEERATE_PERKW,
+            peer_timeout_secs=cfg.dev_opening_timeout,
+            zeroconf_trusted=False,
+            dev_temporary_channel_id=(
+                bytes.fromhex(cfg.dev_force_tmp_channel_id)
+                if cfg.dev_force_tmp_channel_id
+                else None
+            ),
+            open_channel=open_channel,
+        )
+        await pending.subd.send(init.encode())
+        return pending
+
+    async def peer_open_channel(self, peer: Peer, raw: bytes) -> None:
+        """The parked peer sent open_channel: an openingd takes it from here."""
+        if peer.node_id in self.opens:
+            # Core Lightning: "Multiple simultaneous opens not supported".
+            self.ld.log.unusual(SOURCE, "open_channel while an open is in flight", peer.node_id)
+            return
+        await self.start_openingd(peer, REMOTE, raw)
+
+    # -- messages from openingd -------------------------------------------------------------
+
+    async def _from_openingd(self, pending: PendingOpen, raw: bytes, fds: list[int]) -> None:
+        msg = wire.decode(raw)
+        if isinstance(msg, wire.OpeningdGotOffer):
+            await pending.subd.send(self._judge_offer(pending, msg).encode())
+        elif isinstance(msg, wire.OpeningdFunderStartReply):
+            pending.start_reply = msg
+            self._resolve(pending, msg)
+        elif isinstance(msg, wire.OpeningdFunderReply):
+            await self._committed(pending, msg.channel, msg.cipher_state, fds)
+            self._resolve(pending, msg)
+        elif isinstance(msg, wire.OpeningdFundee):
+            await self._committed(pending, msg.channel, msg.cipher_state, fds, msg.funding_signed)
+        elif isinstance(msg, wire.OpeningdFailed):
+            await self._failed(pending, msg, fds)
+        else:
+            for fd in fds:
+                os.close(fd)
+            self.ld.log.broken(SOURCE, f"unexpected {msg.NAME}", pending.peer.node_id)
+
+    def _judge_offer(
+        self, pending: PendingOpen, offer: wire.OpeningdGotOffer
+    ) -> wire.OpeningdGotOfferReply:
+        """lightningd's own policy on an incoming open, beyond BOLT #2's rules."""
+        pending.uncommitted.funding = offer.funding
+        minimum = AmountSat(self.ld.config.min_capacity_sat)
+        rejection = None
+        if offer.funding < minimum:
+            rejection = f"channel capacity is {offer.funding}, which is below {minimum}"
+        return wire.OpeningdGotOfferReply(rejection=rejection, our_upfront_shutdown_script=b"")
+
+    async def _committed(
+        self,
+        pending: PendingOpen,
+        opened: wire.OpenedChannel,
+        cipher_state: bytes,
+        fds: list[int],
+        funding_signed: bytes | None = None,
+    ) -> None:
+        """Store the channel, synced, then give the peer back (and send funding_signed)."""
+        peer = pending.peer
+        channel = Channel(pending.dbid, peer.node_id, ChannelState.CHANNELD_AWAITING_LOCKIN, opened)
+        save_channel(self.ld.db, channel, str(peer.address))
+        self.ld.channels.append(channel)
+        pending.done = True
+        self.ld.log.info(
+            SOURCE, f"Channel {opened.channel_id.hex()} stored: {channel.state.name}", peer.node_id
+        )
+        await self._return_peer(pending, fds, cipher_state)
+        if funding_signed is not None and peer.conn is not None:
+            # BOLT #2: funding_signed goes out only now that the channel is on disk.
+            await peer.conn.write_message(funding_signed)
+
+    async def _failed(self, pending: PendingOpen, msg: wire.OpeningdFailed, fds: list[int]) -> None:
+        self.ld.log.info(SOURCE, f"Open failed: {msg.reason}", pending.peer.node_id)
+        if msg.peer_alive:
+            await self._return_peer(pending, fds, msg.cipher_state)
+        self._resolve(pending, RpcError(LIGHTNINGD, msg.reason))
+
+    async def _return_peer(self, pending: PendingOpen, fds: list[int], cipher_state: bytes) -> None:
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            return
+        pending.peer_returned = True
+        await self.ld.peers.give_back(pending.peer, fds[0], cipher_state)
+
+    async def _openingd_died(self, pending: PendingOpen, subd: Subd) -> None:
+        """Whatever happened, the open is over: tidy up, and tell any waiting caller why."""
+        if self.opens.get(pending.peer.node_id) is pending:
+            del self.opens[pending.peer.node_id]
+        if not pending.peer_returned:
+            await self.ld.peers.lost(pending.peer, "openingd ended without returning the peer")
+        reason = subd.fail_desc or f"openingd died (exit {subd.exit_code})"
+        self._resolve(pending, RpcError(LIGHTNINGD, reason))
+
+    @staticmethod
+    def _resolve(pending: PendingOpen, result: Any) -> None:
+        waiting, pending.waiting = pending.waiting, None
+        if waiting is not None and not waiting.done():
+            if isinstance(result, Exception):
+                waiting.set_exception(result)
+            else:
+                waiting.set_result(result)
+
+    async def _wait(self, pending: PendingOpen) -> Any:
+        pending.waiting = asyncio.get_running_loop().create_future()
+        return await pending.waiting
+
+    # -- RPC --------------------------------------------------------------------------------
+
+    def register_commands(self) -> None:
+        rpc = self.ld.rpc
+        rpc.register(
+            "fundchannel_start",
+            self.json_fundchannel_start,
+            [
+                Param("id", param_node_id),
+                Param("amount", param_sat),
+                Param("feerate", parse_feerate, required=False),
+                Param("announce", param_bool, required=False, default=True),
+                Param("close_to", param_string, required=False),
+                Param("push_msat", param_msat, required=False),
+                Param("mindepth", param_u32, required=False),
+                Param("reserve", param_sat, required=False),
+                Param("channel_type", param_array, required=False),
+            ],
+            category="channels",
+            description="Start fund channel with {id} using {amount} satoshis.",
+        )
+        rpc.register(
+            "fundchannel_complete",
+            self.json_fundchannel_complete,
+            [Param("id", param_node_id), Param("psbt", param_string)],
+            category="channels",
+            description="Complete channel establishment with peer {id} for channel with {psbt}.",
+        )
+        rpc.register(
+            "fundchannel_cancel",
+            self.json_fundchannel_cancel,
+            [Param("id", param_node_id)],
+            category="channels",
+            description="Cancel inflight channel establishment with peer {id}.",
+        )
+
+    def _connected_peer(self, node_id: bytes) -> Peer:
+        peer = self.ld.peers.peers.get(node_id)
+        if peer is None:
+            raise RpcError(FUNDING_PEER_NOT_CONNECTED, "Peer not connected")
+        return peer
+
+    async def json_fundchannel_start(
+        self,
+        id: bytes,
+        amount: AmountSat,
+        feerate: int | None = None,
+        announce: bool = True,
+        close_to: str | None = None,
+        push_msat: AmountMsat | None = None,
+        mindepth: int | None = None,
+        reserve: AmountSat | None = None,
+        channel_type: list[Any] | None = None,
+    ) -> dict:
+        peer = self._connected_peer(id)
+        if id in self.opens:
+            raise RpcError(FUNDING_STATE_INVALID, "Peer already OPENINGD")
+        push = push_msat or AmountMsat(0)
+        if push > amount.to_msat():
+            raise RpcError(-32602, f"push_msat {push} exceeds amount {amount}")
+        close_script = parse_close_to(close_to, self.ld.config.chain.bech32_hrp)
+        type_bits = parse_channel_type(channel_type)
+        pending = await self.start_openingd(peer, LOCAL)
+        pending.uncommitted.funding = amount
+        pending.funding, pending.close_to, pending.mindepth = amount, close_script, mindepth
+        start = wire.OpeningdFunderStart(
+            funding=amount,
+            push=push,
+            feerate_per_kw=feerate or DEFAULT_FEERATE_PERKW,
+            channel_flags=1 if announce else 0,
+            reserve=reserve,
+            upfront_shutdown_script=close_script,
+            channel_type=type_bits,
+        )
+        await pending.subd.send(start.encode())
+        reply: wire.OpeningdFunderStartReply = await self._wait(pending)
+        result = {
+            "funding_address": p2wsh_address(
+                reply.funding_scriptpubkey, self.ld.config.chain.bech32_hrp
+            ),
+            "scriptpubkey": reply.funding_scriptpubkey.hex(),
+            "channel_type": ctype.to_json(reply.channel_type),
+            "warning_usage": WARNING_USAGE,
+        }
+        if close_script:
+            result["close_to"] = close_script.hex()
+        result["mindepth"] = mindepth if mindepth is not None else reply.minimum_depth
+        return result
+
+    def _funder_open(self, node_id: bytes) -> PendingOpen:
+        pending = self.opens.get(node_id)
+        if pending is None or pending.uncommitted.opener != LOCAL:
+            raise RpcError(FUNDING_STATE_INVALID, "No channel funding in progress.")
+        if pending.start_reply is None:
+            raise RpcError(FUNDING_STATE_INVALID, "fundchannel_start has not finished")
+        return pending
+
+    async def json_fundchannel_complete(self, id: bytes, psbt: str) -> dict:
+        self._connected_peer(id)
+        pending = self._funder_open(id)
+        assert pending.start_reply is not None and pending.funding is not None
+        txid, outnum = find_funding_output(
+            psbt, pending.start_reply.funding_scriptpubkey, pending.funding
+        )
+        await pending.subd.send(
+            wire.OpeningdFunderComplete(funding_txid=txid, funding_outnum=outnum).encode()
+        )
+        reply: wire.OpeningdFunderReply = await self._wait(pending)
+        return {"channel_id": reply.channel.channel_id.hex(), "commitments_secured": True}
+
+    async def json_fundchannel_cancel(self, id: bytes) -> dict:
+        pending = self.opens.get(id)
+        if pending is None or pending.uncommitted.opener != LOCAL or pending.done:
+            raise RpcError(FUNDING_NOTHING_TO_CANCEL, "No channel funding in progress.")
+        await pending.subd.send(wire.OpeningdFunderCancel().encode())
+        with contextlib.suppress(RpcError):
+            await self._wait(pending)
+        return {"cancelled": "Channel open canceled by RPC"}
+
+    async def abort(self, node_id: bytes) -> None:
+        """End an open in flight (the peer is being disconnected): openingd just stops."""
+        pending = self.opens.get(node_id)
+        if pending is not None and pending.subd is not None:
+            await pending.subd.stop()
+
+    def uncommitted_json(self, node_id: bytes | None) -> list[dict]:
+        return [
+            p.uncommitted.to_json()
+            for p in self.opens.values()
+            if not p.done and (node_id is None or p.peer.node_id == node_id)
+        ]
+
+    async def shutdown(self) -> None:
+        for pending in list(self.opens.values()):
+            if pending.subd is not None:
+                await pending.subd.stop()
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+
+def parse_channel_type(bits: list[Any] | None) -> bytes:
+    """fundchannel's channel_type: an array of feature bit numbers; empty: negotiate."""
+    if bits is None:
+        return b""
+    if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 256 for b in bits):
+        raise RpcError(-32602, "channel_type: should be an array of feature bit numbers")
+    return bits_to_bytes(bits)
+
+
+def parse_close_to(close_to: str | None, hrp: str) -> bytes:
+    """An address on our chain (or a hex scriptpubkey) for the upfront shutdown script."""
+    if close_to is None:
+        return b""
+    version, program = segwit_addr.decode(hrp, close_to)
+    if version is not None and program is not None:
+        return bytes([0x50 + version if version else 0, len(program)]) + bytes(program)
+    try:
+        return bytes.fromhex(close_to)
+    except ValueError:
+        raise RpcError(-32602, f"close_to: not an address on this network: {close_to}") from None
+
+
+def p2wsh_address(scriptpubkey: bytes, hrp: str) -> str:
+    return segwit_addr.encode(hrp, 0, scriptpubkey[2:]) or ""
+
+
+def find_funding_output(
+    psbt_text: str, scriptpubkey: bytes, amount: AmountSat
+) -> tuple[bytes, int]:
+    """The funding output's outpoint in a PSBT, checking what CLN checks."""
+    try:
+        psbt = PartiallySignedTransaction.from_base64(psbt_text)
+    except Exception as exc:  # bitcointx raises several types for malformed PSBTs
+        raise RpcError(FUNDING_PSBT_INVALID, f"Could not parse psbt: {exc}") from None
+    tx = psbt.unsigned_tx
+    for i, inp in enumerate(psbt.inputs):
+        utxo = inp.witness_utxo
+        if utxo is None or not utxo.scriptPubKey.is_witness_scriptpubkey():
+            # A non-segwit input makes the txid malleable: our commitment would spend nothing.
+            raise RpcError(FUNDING_PSBT_INVALID, f"Input {i} of the funding PSBT is not segwit")
+    for outnum, out in enumerate(tx.vout):
+        if bytes(out.scriptPubKey) == scriptpubkey:
+            if out.nValue != amount.sat:
+                raise RpcError(
+                    FUNDING_PSBT_INVALID,
+                    f"Output to open channel is {out.nValue}sat, should be {amount}",
+                )
+            return bytes(tx.GetTxid()), outnum
+    raise RpcError(FUNDING_PSBT_INVALID, "Funding PSBT has no output to the funding address")
