@@ -22,9 +22,7 @@ from common.features import Feature
 #   - `option_static_remotekey` (bit 12)
 #   - `option_anchors` and `option_static_remotekey` (bits 22 and 12)"
 STATIC_REMOTEKEY = frozenset({Feature.OPTION_STATIC_REMOTEKEY.bit(True)})
-ANCHORS = frozenset(
-    {Feature.OPTION_STATIC_REMOTEKEY.bit(True), Feature.OPTION_ANCHORS.bit(True)}
-)
+ANCHORS = frozenset({Feature.OPTION_STATIC_REMOTEKEY.bit(True), Feature.OPTION_ANCHORS.bit(True)})
 BASIC_TYPES = (ANCHORS, STATIC_REMOTEKEY)
 
 # BOLT #2: "Each basic type has the following variations allowed:
@@ -50,9 +48,7 @@ def is_defined(channel_type: bytes) -> bool:
     """A basic type plus any of the allowed variations, all as even bits."""
     type_bits = bits(channel_type)
     variations = {f.bit(True) for f in VARIATIONS}
-    return any(
-        basic <= type_bits and type_bits - basic <= variations for basic in BASIC_TYPES
-    )
+    return any(basic <= type_bits and type_bits - basic <= variations for basic in BASIC_TYPES)
 
 
 def same_type(a: bytes, b: bytes) -> bool:

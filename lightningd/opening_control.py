@@ -21,6 +21,7 @@ from bitcointx.core.psbt import PartiallySignedTransaction
 
 from common import channel_type as ctype
 from common.amount import AmountMsat, AmountSat
+from common.daemon_conn import DaemonConnError
 from common.features import bits_to_bytes, our_features
 from common.subdaemon import HSM_FD, PEER_FD
 from hsmd.capabilities import OPENINGD_CAPABILITIES
@@ -160,7 +161,7 @@ class OpeningControl:
             ),
             open_channel=open_channel,
         )
-        await pending.subd.send(init.encode())
+        await self._send(pending, init.encode())
         return pending
 
     async def peer_open_channel(self, peer: Peer, raw: bytes) -> None:
@@ -176,7 +177,7 @@ class OpeningControl:
     async def _from_openingd(self, pending: PendingOpen, raw: bytes, fds: list[int]) -> None:
         msg = wire.decode(raw)
         if isinstance(msg, wire.OpeningdGotOffer):
-            await pending.subd.send(self._judge_offer(pending, msg).encode())
+            await self._send(pending, self._judge_offer(pending, msg).encode())
         elif isinstance(msg, wire.OpeningdFunderStartReply):
             pending.start_reply = msg
             self._resolve(pending, msg)
@@ -248,6 +249,14 @@ class OpeningControl:
         reason = subd.fail_desc or f"openingd died (exit {subd.exit_code})"
         self._resolve(pending, RpcError(LIGHTNINGD, reason))
 
+    async def _send(self, pending: PendingOpen, msg: bytes) -> None:
+        """To openingd; if it is gone, the caller learns it as an RPC error, not a crash."""
+        assert pending.subd is not None
+        try:
+            await pending.subd.send(msg)
+        except DaemonConnError as exc:
+            raise RpcError(LIGHTNINGD, f"openingd is gone: {exc}") from None
+
     @staticmethod
     def _resolve(pending: PendingOpen, result: Any) -> None:
         waiting, pending.waiting = pending.waiting, None
@@ -285,7 +294,11 @@ class OpeningControl:
         rpc.register(
             "fundchannel_complete",
             self.json_fundchannel_complete,
-            [Param("id", param_node_id), Param("psbt", param_string)],
+            [
+                Param("id", param_node_id),
+                Param("psbt", param_string),
+                Param("withhold", param_bool, required=False, default=False),
+            ],
             category="channels",
             description="Complete channel establishment with peer {id} for channel with {psbt}.",
         )
@@ -335,7 +348,7 @@ class OpeningControl:
             upfront_shutdown_script=close_script,
             channel_type=type_bits,
         )
-        await pending.subd.send(start.encode())
+        await self._send(pending, start.encode())
         reply: wire.OpeningdFunderStartReply = await self._wait(pending)
         result = {
             "funding_address": p2wsh_address(
@@ -358,15 +371,16 @@ class OpeningControl:
             raise RpcError(FUNDING_STATE_INVALID, "fundchannel_start has not finished")
         return pending
 
-    async def json_fundchannel_complete(self, id: bytes, psbt: str) -> dict:
+    async def json_fundchannel_complete(self, id: bytes, psbt: str, withhold: bool = False) -> dict:
+        # `withhold` (don't broadcast) matters once we broadcast funding txs (the wallet).
         self._connected_peer(id)
         pending = self._funder_open(id)
         assert pending.start_reply is not None and pending.funding is not None
         txid, outnum = find_funding_output(
             psbt, pending.start_reply.funding_scriptpubkey, pending.funding
         )
-        await pending.subd.send(
-            wire.OpeningdFunderComplete(funding_txid=txid, funding_outnum=outnum).encode()
+        await self._send(
+            pending, wire.OpeningdFunderComplete(funding_txid=txid, funding_outnum=outnum).encode()
         )
         reply: wire.OpeningdFunderReply = await self._wait(pending)
         return {"channel_id": reply.channel.channel_id.hex(), "commitments_secured": True}
@@ -375,7 +389,7 @@ class OpeningControl:
         pending = self.opens.get(id)
         if pending is None or pending.uncommitted.opener != LOCAL or pending.done:
             raise RpcError(FUNDING_NOTHING_TO_CANCEL, "No channel funding in progress.")
-        await pending.subd.send(wire.OpeningdFunderCancel().encode())
+        await self._send(pending, wire.OpeningdFunderCancel().encode())
         with contextlib.suppress(RpcError):
             await self._wait(pending)
         return {"cancelled": "Channel open canceled by RPC"}

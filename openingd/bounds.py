@@ -317,8 +317,7 @@ def is_valid_shutdown_script(
     # 3. if (and only if) `option_shutdown_anysegwit` is negotiated: `OP_1` through
     # `OP_16` inclusive, followed by a single push of 2 to 40 bytes
     if anysegwit and n >= 4 and _OP_1 <= script[0] <= _OP_16 and 2 <= script[1] <= 40:
-        if script[1] == n - 2:
-            return True
+        return script[1] == n - 2
     # 4. if (and only if) `option_simple_close` is negotiated: `OP_RETURN` followed by
     # `6` to `75` ... or `76` followed by `76` to `80` followed by exactly that many bytes
     if simple_close and n >= 2 and script[0] == _OP_RETURN:

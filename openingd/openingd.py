@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from typing import NoReturn, TypeVar
 
 from common import channel_type as ctype
-from common import features as feat
 from common import subdaemon
 from common.amount import AmountMsat, AmountSat
 from common.commit_tx import (
@@ -352,8 +351,9 @@ class Openingd:
                 self.unexpected(msg, step)
 
     def poll(self, poller: select.poll, deadline: float | None, step: str) -> set[int]:
-        # Bytes handed over with the connection are already ours: readable now.
-        if self.peer._rbuf:  # noqa: SLF001
+        # Bytes handed over with the connection (PeerConnection's `pending`) are
+        # already ours, so poll() would not see them: readable now.
+        if self.peer._rbuf:
             return {self.peer.fileno()}
         if deadline is None:
             return {fd for fd, _ in poller.poll()}
@@ -566,7 +566,8 @@ class Openingd:
             raise Failed(str(exc)) from None
         # BOLT #2 (sender): "MUST set `channel_reserve_satoshis` greater than or equal to
         # `dust_limit_satoshis`."
-        self.set_our_reserve(self.our.config.dust_limit_sat, start.reserve and start.reserve.sat)
+        requested = start.reserve.sat if start.reserve is not None else None
+        self.set_our_reserve(self.our.config.dust_limit_sat, requested)
         # BOLT #2 (sender): "MUST ensure `temporary_channel_id` is unique from any other
         # channel ID with the same peer."
         self.temp_cid = self.init.dev_temporary_channel_id or os.urandom(32)

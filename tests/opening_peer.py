@@ -21,7 +21,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bitcointx.core import CMutableTransaction, CMutableTxIn, CMutableTxOut, COutPoint
+from bitcointx.core import (
+    CMutableTransaction,
+    CMutableTxIn,
+    CMutableTxOut,
+    COutPoint,
+    CTxOut,
+)
 from bitcointx.core.psbt import PartiallySignedTransaction
 from bitcointx.core.script import (
     OP_0,
@@ -247,12 +253,16 @@ class FakeFunding:
 
 
 def fake_funding_psbt(script_pubkey: bytes, amount_sat: int, seed: bytes = b"") -> FakeFunding:
-    """A PSBT spending a made-up input to a change output and the funding output."""
+    """A PSBT spending a made-up P2WPKH input to a change output and the funding output."""
+    change_sat, fee_sat = 50_000, 1_000
     prevout = COutPoint(_tagged(seed, "fake input"), 0)
-    change = CScript([OP_0, _tagged(seed, "change")])
-    vout = [CMutableTxOut(50_000, change), CMutableTxOut(amount_sat, CScript(script_pubkey))]
+    spent = CTxOut(amount_sat + change_sat + fee_sat, CScript([OP_0, _tagged(seed, "in")[:20]]))
+    change = CScript([OP_0, _tagged(seed, "change")[:20]])
+    vout = [CMutableTxOut(change_sat, change), CMutableTxOut(amount_sat, CScript(script_pubkey))]
     tx = CMutableTransaction([CMutableTxIn(prevout)], vout, nVersion=2)
     psbt = PartiallySignedTransaction(unsigned_tx=tx)
+    # Segwit inputs only (BOLT #2: "SHOULD use only BIP141 (Segregated Witness) inputs").
+    psbt.set_utxo(spent, 0, force_witness_utxo=True)
     return FakeFunding(psbt.to_base64(), tx.GetTxid(), 1)
 
 
