@@ -218,6 +218,13 @@ class PeerConnection:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def has_buffered(self) -> bool:
+        """Bytes already received (e.g. handed over) but not yet decrypted.
+
+        A poll loop must treat the connection as readable then, even if the socket is not.
+        """
+        return bool(self._rbuf)
+
     def _take(self, n: int) -> bytes:
         """Exactly n bytes: buffered ones first, then `recv` of only what is missing."""
         while len(self._rbuf) < n:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build needs on a fresh Debian machine, only where it is missing:
-# make, Python's venv module, and Node.js/npm (for the bcoin regtest node). Everything else comes from PyPI through `make setup`.
+# make, Python's venv module, and Node.js/npm (for the bcoin regtest node).
+# Everything else comes from PyPI through `make setup`.
 set -euo pipefail
 need=()
 command -v make >/dev/null 2>&1 || need+=(make)

@@ -353,7 +353,7 @@ class Openingd:
     def poll(self, poller: select.poll, deadline: float | None, step: str) -> set[int]:
         # Bytes handed over with the connection (PeerConnection's `pending`) are
         # already ours, so poll() would not see them: readable now.
-        if self.peer._rbuf:
+        if self.peer.has_buffered():
             return {self.peer.fileno()}
         if deadline is None:
             return {fd for fd, _ in poller.poll()}
