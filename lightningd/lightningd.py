@@ -19,7 +19,10 @@ from typing import IO
 
 from common.features import our_features
 from common.version import VERSION
+from lightningd.bitcoind import Bitcoind, BitcoindStartupError
+from lightningd.chaintopology import ChainTopology
 from lightningd.channel import Channel, ChannelState, load_channels
+from lightningd.channel_control import ChannelControl
 from lightningd.connect_control import ConnectControl
 from lightningd.db import Database, DatabaseError
 from lightningd.hsm_control import HsmControl, HsmError
@@ -28,6 +31,7 @@ from lightningd.log import NodeLog
 from lightningd.opening_control import OpeningControl
 from lightningd.options import Config, EarlyExit, OptionError, parse_options
 from lightningd.peer_control import PING_INTERVAL, NetAddress, PeerControl
+from lightningd.wallet import Wallet
 
 SOURCE = "lightningd"
 DB_FILE = "lightningd.sqlite3"
@@ -99,7 +103,11 @@ class LightningD:
         self.peers = PeerControl(self)
         self.connect = ConnectControl(self)
         self.opening = OpeningControl(self)
+        self.channel_control = ChannelControl(self)
         self.channels: list[Channel] = []
+        self.bitcoind = Bitcoind.from_config(config, log)
+        self.topology: ChainTopology | None = None
+        self.wallet: Wallet | None = None
         self.node_id = b""
         self.alias = ""
         self.color = b""
@@ -129,6 +137,7 @@ class LightningD:
             self.channels = load_channels(self.db)
         except DatabaseError as exc:
             raise StartupError(str(exc)) from None
+        await self.start_chain(info.bip32_account_xpub)
         await self.connect.listen(self.listen_addresses())
         self.register_commands()
         self.peers.register_commands()
@@ -140,6 +149,40 @@ class LightningD:
             f"Server started with public key {self.node_id.hex()}, alias {self.alias} "
             f"(color #{self.color.hex()}) and lightningd {VERSION}",
         )
+
+    async def start_chain(self, account_xpub: str) -> None:
+        """bitcoind, the block topology and the wallet; the wallet must see every block."""
+        cfg = self.config
+        try:
+            await self.bitcoind.check_chain()
+        except BitcoindStartupError as exc:
+            raise StartupError(str(exc)) from None
+        self.topology = ChainTopology(
+            self.bitcoind, self.db, self.log, cfg.network, poll_interval=cfg.dev_bitcoind_poll
+        )
+        self.wallet = Wallet(self.db, self.hsm, self.topology, self.log, cfg.chain, account_xpub)
+        self.wallet.channels_json = self.funds_channels_json
+        self.channel_control.start()
+        await self.topology.start()
+        self.topology.register_commands(self.rpc)
+        self.wallet.register_commands(self.rpc)
+
+    def funds_channels_json(self) -> list[dict]:
+        """listfunds' `channels`: what each channel holds for us."""
+        return [
+            {
+                "peer_id": c.peer_id.hex(),
+                "connected": c.peer_id in self.peers.peers,
+                "state": c.state.name,
+                "channel_id": c.opened.channel_id.hex(),
+                **({"short_channel_id": c.short_channel_id} if c.short_channel_id else {}),
+                "our_amount_msat": c.our_msat.msat,
+                "amount_msat": c.total.msat,
+                "funding_txid": c.to_json(False)["funding_txid"],
+                "funding_output": c.opened.funding_outnum,
+            }
+            for c in self.channels
+        ]
 
     def hsmd_args(self) -> list[str]:
         """hsmd alone gets the --dev-force-* secrets: nobody else has use for them."""
@@ -195,7 +238,7 @@ class LightningD:
             ],
             "binding": [b.to_json() for b in self.connect.bindings],
             "version": VERSION,
-            "blockheight": 0,
+            "blockheight": self.topology.height if self.topology else 0,
             "network": self.config.network,
             "fees_collected_msat": 0,
             "lightning-dir": self.config.network_dir,
@@ -249,6 +292,8 @@ class LightningD:
     async def shutdown(self) -> None:
         self.log.info(SOURCE, "Shutting down")
         await self.rpc.stop()
+        if self.topology is not None:
+            await self.topology.stop()
         await self.connect.shutdown()
         await self.opening.shutdown()
         await self.peers.shutdown()

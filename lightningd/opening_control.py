@@ -22,18 +22,19 @@ from bitcointx.core.psbt import PartiallySignedTransaction
 from common import channel_type as ctype
 from common.amount import AmountMsat, AmountSat
 from common.daemon_conn import DaemonConnError
-from common.features import bits_to_bytes, our_features
+from common.features import Feature, bits_to_bytes, negotiated, our_features
 from common.subdaemon import HSM_FD, PEER_FD
 from hsmd.capabilities import OPENINGD_CAPABILITIES
+from lightningd.chaintopology import BroadcastError, FeerateSpec, param_feerate
 from lightningd.channel import (
     LOCAL,
     REMOTE,
     Channel,
     ChannelState,
     UncommittedChannel,
+    display_txid,
     save_channel,
 )
-from lightningd.feerate import parse_feerate
 from lightningd.jsonrpc import (
     Param,
     RpcError,
@@ -42,14 +43,18 @@ from lightningd.jsonrpc import (
     param_msat,
     param_node_id,
     param_sat,
+    param_sat_or_all,
     param_string,
     param_u32,
 )
 from lightningd.jsonrpc_errors import (
+    FUND_MAX_EXCEEDED,
+    FUNDING_BROADCAST_FAIL,
     FUNDING_NOTHING_TO_CANCEL,
     FUNDING_PEER_NOT_CONNECTED,
     FUNDING_PSBT_INVALID,
     FUNDING_STATE_INVALID,
+    FUNDING_V2_NOT_SUPPORTED,
     LIGHTNINGD,
 )
 from lightningd.subd import Subd
@@ -225,6 +230,7 @@ class OpeningControl:
         if funding_signed is not None and peer.conn is not None:
             # BOLT #2: funding_signed goes out only now that the channel is on disk.
             await peer.conn.write_message(funding_signed)
+        self.ld.channel_control.channel_stored(channel, peer)
 
     async def _failed(self, pending: PendingOpen, msg: wire.OpeningdFailed, fds: list[int]) -> None:
         self.ld.log.info(SOURCE, f"Open failed: {msg.reason}", pending.peer.node_id)
@@ -280,7 +286,7 @@ class OpeningControl:
             [
                 Param("id", param_node_id),
                 Param("amount", param_sat),
-                Param("feerate", parse_feerate, required=False),
+                Param("feerate", param_feerate, required=False),
                 Param("announce", param_bool, required=False, default=True),
                 Param("close_to", param_string, required=False),
                 Param("push_msat", param_msat, required=False),
@@ -290,6 +296,27 @@ class OpeningControl:
             ],
             category="channels",
             description="Start fund channel with {id} using {amount} satoshis.",
+        )
+        rpc.register(
+            "fundchannel",
+            self.json_fundchannel,
+            [
+                Param("id", param_node_id),
+                Param("amount", param_sat_or_all),
+                Param("feerate", param_feerate, required=False),
+                Param("announce", param_bool, required=False, default=True),
+                Param("minconf", param_u32, required=False, default=1),
+                Param("utxos", param_array, required=False),
+                Param("push_msat", param_msat, required=False),
+                Param("close_to", param_string, required=False),
+                Param("request_amt", param_sat, required=False),
+                Param("compact_lease", param_string, required=False),
+                Param("mindepth", param_u32, required=False),
+                Param("reserve", param_sat, required=False),
+                Param("channel_type", param_array, required=False),
+            ],
+            category="channels",
+            description="Fund channel with {id} using {amount} satoshis, from the wallet.",
         )
         rpc.register(
             "fundchannel_complete",
@@ -316,33 +343,49 @@ class OpeningControl:
             raise RpcError(FUNDING_PEER_NOT_CONNECTED, "Peer not connected")
         return peer
 
-    async def json_fundchannel_start(
+    def commitment_feerate(self, spec: FeerateSpec | None) -> int:
+        """The first commitment's feerate: the caller's, else the "opening" estimate."""
+        topology = self.ld.topology
+        if spec is None:
+            rate = topology.feerate_perkw("opening") if topology else None
+            return rate or DEFAULT_FEERATE_PERKW
+        if topology is None:
+            raise RpcError(LIGHTNINGD, "No chain backend to resolve the feerate")
+        return topology.resolve_feerate(spec)
+
+    async def start_funding(
         self,
         id: bytes,
         amount: AmountSat,
-        feerate: int | None = None,
-        announce: bool = True,
-        close_to: str | None = None,
-        push_msat: AmountMsat | None = None,
-        mindepth: int | None = None,
-        reserve: AmountSat | None = None,
-        channel_type: list[Any] | None = None,
-    ) -> dict:
+        feerate: FeerateSpec | None,
+        announce: bool,
+        close_to: str | None,
+        push_msat: AmountMsat | None,
+        mindepth: int | None,
+        reserve: AmountSat | None,
+        channel_type: list[Any] | None,
+    ) -> tuple[PendingOpen, wire.OpeningdFunderStartReply]:
+        """fundchannel_start's work: openingd negotiates up to the funding script."""
         peer = self._connected_peer(id)
         if id in self.opens:
             raise RpcError(FUNDING_STATE_INVALID, "Peer already OPENINGD")
         push = push_msat or AmountMsat(0)
         if push > amount.to_msat():
             raise RpcError(-32602, f"push_msat {push} exceeds amount {amount}")
+        if amount.sat >= 2**24 and not negotiated(
+            our_features(), peer.init.features, Feature.OPTION_SUPPORT_LARGE_CHANNEL
+        ):
+            raise RpcError(FUND_MAX_EXCEEDED, f"Amount exceeded {2**24 - 1}sat")
         close_script = parse_close_to(close_to, self.ld.config.chain.bech32_hrp)
         type_bits = parse_channel_type(channel_type)
+        feerate_perkw = self.commitment_feerate(feerate)
         pending = await self.start_openingd(peer, LOCAL)
         pending.uncommitted.funding = amount
         pending.funding, pending.close_to, pending.mindepth = amount, close_script, mindepth
         start = wire.OpeningdFunderStart(
             funding=amount,
             push=push,
-            feerate_per_kw=feerate or DEFAULT_FEERATE_PERKW,
+            feerate_per_kw=feerate_perkw,
             channel_flags=1 if announce else 0,
             reserve=reserve,
             upfront_shutdown_script=close_script,
@@ -350,18 +393,108 @@ class OpeningControl:
         )
         await self._send(pending, start.encode())
         reply: wire.OpeningdFunderStartReply = await self._wait(pending)
-        result = {
+        return pending, reply
+
+    def _start_result(self, pending: PendingOpen, reply: wire.OpeningdFunderStartReply) -> dict:
+        result: dict[str, Any] = {"channel_type": ctype.to_json(reply.channel_type)}
+        if pending.close_to:
+            result["close_to"] = pending.close_to.hex()
+        result["mindepth"] = (
+            pending.mindepth if pending.mindepth is not None else reply.minimum_depth
+        )
+        return result
+
+    async def json_fundchannel_start(
+        self,
+        id: bytes,
+        amount: AmountSat,
+        feerate: FeerateSpec | None = None,
+        announce: bool = True,
+        close_to: str | None = None,
+        push_msat: AmountMsat | None = None,
+        mindepth: int | None = None,
+        reserve: AmountSat | None = None,
+        channel_type: list[Any] | None = None,
+    ) -> dict:
+        pending, reply = await self.start_funding(
+            id, amount, feerate, announce, close_to, push_msat, mindepth, reserve, channel_type
+        )
+        return {
             "funding_address": p2wsh_address(
                 reply.funding_scriptpubkey, self.ld.config.chain.bech32_hrp
             ),
             "scriptpubkey": reply.funding_scriptpubkey.hex(),
-            "channel_type": ctype.to_json(reply.channel_type),
+            **self._start_result(pending, reply),
             "warning_usage": WARNING_USAGE,
         }
-        if close_script:
-            result["close_to"] = close_script.hex()
-        result["mindepth"] = mindepth if mindepth is not None else reply.minimum_depth
-        return result
+
+    async def json_fundchannel(
+        self,
+        id: bytes,
+        amount: AmountSat | None,
+        feerate: FeerateSpec | None = None,
+        announce: bool = True,
+        minconf: int = 1,
+        utxos: list[Any] | None = None,
+        push_msat: AmountMsat | None = None,
+        close_to: str | None = None,
+        request_amt: AmountSat | None = None,
+        compact_lease: str | None = None,
+        mindepth: int | None = None,
+        reserve: AmountSat | None = None,
+        channel_type: list[Any] | None = None,
+    ) -> dict:
+        """The one-shot open: fund from the wallet, negotiate, store, then broadcast."""
+        wallet = self.ld.wallet
+        if wallet is None:
+            raise RpcError(LIGHTNINGD, "No wallet: lightningd has no chain backend")
+        if request_amt is not None or compact_lease is not None:
+            raise RpcError(FUNDING_V2_NOT_SUPPORTED, "Liquidity ads need dual funding (v2)")
+        outpoints = parse_utxos(utxos)
+        funding_feerate = self.commitment_feerate(feerate)
+        if amount is None:  # "all": what the wallet can put in one P2WSH output
+            amount = wallet.max_fundable(P2WSH_LEN, funding_feerate, minconf, outpoints)
+        pending, reply = await self.start_funding(
+            id, amount, feerate, announce, close_to, push_msat, mindepth, reserve, channel_type
+        )
+        try:
+            tx, outnum = await wallet.fund_output(
+                reply.funding_scriptpubkey, amount, funding_feerate, minconf, outpoints
+            )
+        except BaseException:
+            await self._cancel_quietly(pending)
+            raise
+        try:
+            await self._send(
+                pending,
+                wire.OpeningdFunderComplete(
+                    funding_txid=bytes(tx.GetTxid()), funding_outnum=outnum
+                ).encode(),
+            )
+            funded: wire.OpeningdFunderReply = await self._wait(pending)
+        except BaseException:
+            wallet.release(tx)
+            raise
+        # The channel is on disk (and synced): only now may the funding tx go out.
+        try:
+            await wallet.broadcast(tx)
+        except BroadcastError as exc:
+            raise RpcError(
+                FUNDING_BROADCAST_FAIL, f"Error broadcasting funding transaction: {exc}"
+            ) from None
+        return {
+            "tx": tx.serialize().hex(),
+            "txid": display_txid(bytes(tx.GetTxid())),
+            "outnum": outnum,
+            "channel_id": funded.channel.channel_id.hex(),
+            **self._start_result(pending, reply),
+        }
+
+    async def _cancel_quietly(self, pending: PendingOpen) -> None:
+        """Abandon an open whose funding failed; the caller reports the real error."""
+        with contextlib.suppress(RpcError):
+            await self._send(pending, wire.OpeningdFunderCancel().encode())
+            await self._wait(pending)
 
     def _funder_open(self, node_id: bytes) -> PendingOpen:
         pending = self.opens.get(node_id)
@@ -414,6 +547,25 @@ class OpeningControl:
 
 
 # -- parameters ------------------------------------------------------------------------------
+
+
+P2WSH_LEN = 34
+
+
+def parse_utxos(utxos: list[Any] | None) -> list[tuple[bytes, int]] | None:
+    """fundchannel's `utxos`: ["txid:outnum", ...], txids as Bitcoin displays them."""
+    if utxos is None:
+        return None
+    out = []
+    for text in utxos:
+        txid, _, outnum = str(text).partition(":")
+        try:
+            out.append((bytes.fromhex(txid)[::-1], int(outnum)))
+        except ValueError:
+            raise RpcError(-32602, f"utxos: '{text}' is not txid:outnum") from None
+        if len(out[-1][0]) != 32:
+            raise RpcError(-32602, f"utxos: '{text}' is not txid:outnum")
+    return out
 
 
 def parse_channel_type(bits: list[Any] | None) -> bytes:

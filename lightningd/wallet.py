@@ -453,6 +453,17 @@ class Wallet:
 
     # -- spending ------------------------------------------------------------------------------
 
+    def max_fundable(
+        self,
+        script_len: int,
+        feerate_perkw: int,
+        minconf: int = 1,
+        utxos: Sequence[tuple[bytes, int]] | None = None,
+    ) -> AmountSat:
+        """What one output of `script_len` bytes could carry with everything ("all")."""
+        plan = self.plan([(bytes(script_len), None)], feerate_perkw, minconf, utxos)
+        return AmountSat(plan.outputs[0][1])
+
     def plan(
         self,
         outputs: Sequence[tuple[bytes, AmountSat | None]],

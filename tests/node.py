@@ -32,8 +32,9 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
 
 
 class Node:
-    def __init__(self, directory: Path, *options: str) -> None:
+    def __init__(self, directory: Path, bitcoind, *options: str) -> None:
         self.dir = directory
+        self.bitcoind = bitcoind
         self.port = free_port()
         self.options = list(options)
         self.proc: subprocess.Popen | None = None
@@ -55,6 +56,10 @@ class Node:
             f"--addr=127.0.0.1:{self.port}",
             "--log-level=debug",
             f"--log-file={self.log_path}",
+            "--bitcoin-rpcconnect=127.0.0.1",
+            f"--bitcoin-rpcport={self.bitcoind.rpcport}",
+            f"--bitcoin-rpcuser={self.bitcoind.rpcuser}",
+            f"--bitcoin-rpcpassword={self.bitcoind.rpcpassword}",
             *self.options,
         ]
 
@@ -118,12 +123,13 @@ class Node:
 
 
 class NodeFactory:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, bitcoind) -> None:
         self.base = base
+        self.bitcoind = bitcoind
         self.nodes: list[Node] = []
 
     def get_node(self, *options: str, start: bool = True) -> Node:
-        node = Node(self.base / f"lightning-{len(self.nodes) + 1}", *options)
+        node = Node(self.base / f"lightning-{len(self.nodes) + 1}", self.bitcoind, *options)
         self.nodes.append(node)
         return node.start() if start else node
 
