@@ -49,9 +49,9 @@ test: $(STAMP)
 
 check: check-wire lint test
 
-# The main job. Today: two nodes (each with its own hsmd) connect, handshake and ping.
+# The main job: two lightningd nodes on regtest open a channel up to CHANNELD_NORMAL.
 run: setup
-	$(PY) -m contrib.demo_connect
+	$(PY) -m contrib.regtest_demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -345,15 +345,29 @@ def stop_detached(datadir: str | os.PathLike[str], timeout: float = 30) -> None:
     state_path.unlink()
 
 
+def _cli_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m contrib.regtest_node")
-    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("action", choices=["start", "stop", "rpc"])
     parser.add_argument("--datadir", required=True)
     parser.add_argument("--rpcport", type=int, default=CORE_RPCPORT)
     parser.add_argument("--p2pport", type=int, default=CORE_P2PPORT)
+    parser.add_argument("params", nargs="*", help="rpc: the method, then its parameters")
     args = parser.parse_args(argv)
     if args.action == "stop":
         stop_detached(args.datadir)
+        return 0
+    if args.action == "rpc":
+        # Like bitcoin-cli: numbers and JSON pass as JSON, anything else as a string.
+        node, _ = RegtestNode.from_state(args.datadir)
+        method, *raw = args.params
+        print(json.dumps(node.rpc(method, *(_cli_value(p) for p in raw)), indent=2))
         return 0
     stop_detached(args.datadir)
     node = RegtestNode(args.datadir, args.rpcport, args.p2pport)

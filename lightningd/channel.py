@@ -40,6 +40,11 @@ def display_txid(txid: bytes) -> str:
     return txid[::-1].hex()
 
 
+def scid_to_str(scid: int) -> str:
+    """BOLT #7's short_channel_id as people write it: `<blockheight>x<txindex>x<outnum>`."""
+    return f"{scid >> 40}x{(scid >> 16) & 0xFFFFFF}x{scid & 0xFFFF}"
+
+
 @dataclass
 class Channel:
     dbid: int
@@ -48,6 +53,15 @@ class Channel:
     opened: opening_wire.OpenedChannel
     short_channel_id: str | None = None
     created_at: int = field(default_factory=lambda: int(time.time()))
+    # Lock-in (lightningd/channel_control.py), stored: their point for commitment 1 (from
+    # their channel_ready), both aliases, and who has sent channel_ready.
+    their_next_per_commit_point: bytes | None = None
+    alias_local: int | None = None
+    alias_remote: int | None = None
+    channel_ready_sent: bool = False
+    channel_ready_received: bool = False
+    # The funding tx's depth as the chain topology last told it; not stored.
+    depth: int = field(default=0, compare=False)
 
     @property
     def opener(self) -> int:
@@ -64,11 +78,29 @@ class Channel:
             return self.total - self.opened.push
         return self.opened.push
 
+    @property
+    def lockin_depth(self) -> int:
+        """Confirmations before channel_ready: minimum_depth (no zero-conf yet: at least 1)."""
+        return max(self.opened.minimum_depth, 1)
+
     def status(self) -> list[str]:
-        if self.state == ChannelState.CHANNELD_AWAITING_LOCKIN:
-            depth = self.opened.minimum_depth
-            return [f"{self.state.name}:Funding needs {depth} more confirmations for lockin."]
-        return [f"{self.state.name}:Channel ready for use."]
+        if self.state != ChannelState.CHANNELD_AWAITING_LOCKIN:
+            return [f"{self.state.name}:Channel ready for use."]
+        needed = self.lockin_depth - max(self.depth, 0)
+        if needed > 0:
+            lines = [f"Funding needs {needed} more confirmations for lockin."]
+            if self.channel_ready_received:
+                lines.append("They've confirmed channel ready, we haven't yet.")
+        elif self.channel_ready_sent:
+            lines = ["We've confirmed channel ready, they haven't yet."]
+        else:
+            lines = ["Funding confirmed: channel_ready goes out when the peer is back."]
+        return [f"{self.state.name}:{line}" for line in lines]
+
+    def alias_json(self) -> dict:
+        """listpeerchannels' `alias`: the ones we know, as CLN shows them."""
+        aliases = {"local": self.alias_local, "remote": self.alias_remote}
+        return {side: scid_to_str(a) for side, a in aliases.items() if a is not None}
 
     def to_json(self, peer_connected: bool) -> dict:
         o = self.opened
@@ -79,6 +111,7 @@ class Channel:
             "channel_type": ctype.to_json(o.channel_type),
             "feerate": {"perkw": o.feerate_per_kw, "perkb": o.feerate_per_kw * 4},
             **({"short_channel_id": self.short_channel_id} if self.short_channel_id else {}),
+            **({"alias": self.alias_json()} if self.alias_json() else {}),
             "channel_id": o.channel_id.hex(),
             "funding_txid": display_txid(o.funding_txid),
             "funding_outnum": o.funding_outnum,
@@ -148,7 +181,8 @@ _COLUMNS = (
     " our_funding_pubkey, their_funding_pubkey,"
     " their_revocation_basepoint, their_payment_basepoint, their_htlc_basepoint,"
     " their_delayed_payment_basepoint, their_per_commit_point,"
-    " last_sig, shutdown_scriptpubkey_local, shutdown_scriptpubkey_remote, created_at"
+    " last_sig, shutdown_scriptpubkey_local, shutdown_scriptpubkey_remote, created_at,"
+    " our_per_commit_point, our_next_per_commit_point"
 )
 
 
@@ -201,6 +235,7 @@ def save_channel(db: Database, channel: Channel, address: str | None) -> None:
             bp.revocation, bp.payment, bp.htlc, bp.delayed_payment,
             o.their_first_per_commitment_point, o.their_commit_sig,
             o.our_upfront_shutdown_script, o.their_upfront_shutdown_script, channel.created_at,
+            o.our_first_per_commitment_point, o.our_second_per_commitment_point,
         )  # fmt: skip
         marks = ", ".join("?" * len(values))
         db.execute(f"INSERT INTO channels ({_COLUMNS}) VALUES ({marks})", values)
@@ -209,6 +244,32 @@ def save_channel(db: Database, channel: Channel, address: str | None) -> None:
 def set_channel_state(db: Database, channel: Channel, state: ChannelState) -> None:
     db.execute("UPDATE channels SET state = ? WHERE id = ?", (int(state), channel.dbid))
     channel.state = state
+
+
+def _alias_to_db(alias: int | None) -> int | None:
+    return None if alias is None else _to_s64(alias)
+
+
+def _alias_from_db(value: int | None) -> int | None:
+    return None if value is None else _from_s64(value)
+
+
+def save_lockin(db: Database, channel: Channel) -> None:
+    """Store the channel's lock-in fields (short_channel_id, aliases, channel_ready flags)."""
+    db.execute(
+        "UPDATE channels SET short_channel_id = ?, their_next_per_commit_point = ?,"
+        " alias_local = ?, alias_remote = ?, channel_ready_sent = ?, channel_ready_received = ?"
+        " WHERE id = ?",
+        (
+            channel.short_channel_id,
+            channel.their_next_per_commit_point,
+            _alias_to_db(channel.alias_local),
+            _alias_to_db(channel.alias_remote),
+            int(channel.channel_ready_sent),
+            int(channel.channel_ready_received),
+            channel.dbid,
+        ),
+    )
 
 
 def load_channels(db: Database) -> list[Channel]:
@@ -241,6 +302,8 @@ def load_channels(db: Database) -> list[Channel]:
                 delayed_payment=r["their_delayed_payment_basepoint"],
             ),
             their_first_per_commitment_point=r["their_per_commit_point"],
+            our_first_per_commitment_point=r["our_per_commit_point"],
+            our_second_per_commitment_point=r["our_next_per_commit_point"],
             their_commit_sig=r["last_sig"],
             our_upfront_shutdown_script=r["shutdown_scriptpubkey_local"] or b"",
             their_upfront_shutdown_script=r["shutdown_scriptpubkey_remote"] or b"",
@@ -253,6 +316,11 @@ def load_channels(db: Database) -> list[Channel]:
                 opened=opened,
                 short_channel_id=r["short_channel_id"],
                 created_at=r["created_at"],
+                their_next_per_commit_point=r["their_next_per_commit_point"],
+                alias_local=_alias_from_db(r["alias_local"]),
+                alias_remote=_alias_from_db(r["alias_remote"]),
+                channel_ready_sent=bool(r["channel_ready_sent"]),
+                channel_ready_received=bool(r["channel_ready_received"]),
             )
         )
     return channels

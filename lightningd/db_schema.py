@@ -83,6 +83,17 @@ CREATE TABLE channels (
     -- one after it (from channel_ready; NULL until then).
     their_per_commit_point BLOB,
     their_next_per_commit_point BLOB,
+    -- Ours for commitments 0 and 1 (public; hsmd keeps the secrets): channel_reestablish and
+    -- channel_ready carry them, and lightningd has no hsmd capability to ask for them.
+    our_per_commit_point BLOB,
+    our_next_per_commit_point BLOB,
+    -- short_channel_id aliases (BOLT #2 channel_ready's TLV) as u64s in two's complement:
+    -- the one we sent (random, unique on this node) and the one they sent; NULL until then.
+    alias_local INTEGER,
+    alias_remote INTEGER,
+    -- Lock-in: whether we sent channel_ready and whether we received theirs.
+    channel_ready_sent INTEGER NOT NULL DEFAULT 0 CHECK (channel_ready_sent IN (0, 1)),
+    channel_ready_received INTEGER NOT NULL DEFAULT 0 CHECK (channel_ready_received IN (0, 1)),
 
     last_tx BLOB,   -- our latest commitment tx, so we can always go on-chain
     last_sig BLOB,  -- their signature on it

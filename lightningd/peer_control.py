@@ -106,6 +106,7 @@ class PeerControl:
             peer.node_id,
         )
         peer.task = asyncio.get_running_loop().create_task(self._serve(peer))
+        await self.ld.channel_control.peer_connected(peer)
 
     async def disconnect(self, peer: Peer, reason: str) -> None:
         if peer.conn is None:
@@ -212,10 +213,7 @@ class PeerControl:
             self.ld.log.debug(SOURCE, f"Ignoring {event.msg.NAME}", peer.node_id)
             return
         if any(c.opened.channel_id == channel_id for c in self.ld.channels_of(peer.node_id)):
-            # A channel we have, but no channel daemon for it yet: never fail it for that.
-            self.ld.log.debug(
-                SOURCE, f"Ignoring {event.msg.NAME} for a stored channel", peer.node_id
-            )
+            await self.ld.channel_control.channel_message(peer, channel_id, event.msg)
             return
         # BOLT #1: "SHOULD send error with the unknown channel_id in reply to messages of
         # type 32-255 related to unknown channels."

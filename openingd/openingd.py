@@ -230,15 +230,19 @@ class Openingd:
             htlc=bp.htlc,
             delayed_payment=bp.delayed_payment,
         )
-        first = self.hsm.request(
-            hsm_wire.HsmdGetPerCommitmentPoint(n=0), hsm_wire.HsmdGetPerCommitmentPointReply
-        )
         return Side(
             to_config(self.init.our_config),
             reply.funding_pubkey,
             points,
-            first.per_commitment_point,
+            self.per_commitment_point(0),
         )
+
+    def per_commitment_point(self, n: int) -> bytes:
+        """Our per-commitment point for commitment `n` (BOLT #3), from hsmd."""
+        reply = self.hsm.request(
+            hsm_wire.HsmdGetPerCommitmentPoint(n=n), hsm_wire.HsmdGetPerCommitmentPointReply
+        )
+        return reply.per_commitment_point
 
     def hsm_sign_theirs(self, commitment: CommitmentTx) -> bytes:
         assert self.their is not None
@@ -463,6 +467,11 @@ class Openingd:
             their_funding_pubkey=self.their.funding_pubkey,
             their_basepoints=self.their.basepoints,
             their_first_per_commitment_point=self.their.first_point,
+            # lightningd sends these in channel_reestablish and channel_ready (BOLT #2:
+            # "`second_per_commitment_point` [is] the per-commitment point to be used for
+            # commitment transaction #1").
+            our_first_per_commitment_point=self.our.first_point,
+            our_second_per_commitment_point=self.per_commitment_point(1),
             their_commit_sig=their_sig,
             our_upfront_shutdown_script=self.our.shutdown,
             their_upfront_shutdown_script=self.their.shutdown,

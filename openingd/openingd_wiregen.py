@@ -23,7 +23,7 @@ _S1 = struct.Struct(">33s33s33s33s")
 _S2 = struct.Struct(">32s32sHQQBBH")
 _S3 = struct.Struct(">II")
 _S4 = struct.Struct(">33s33s")
-_S5 = struct.Struct(">33s64sH")
+_S5 = struct.Struct(">33s33s33s64sH")
 _S6 = struct.Struct(">H")
 _S7 = struct.Struct(">H32s33sQ")
 _S8 = struct.Struct(">IQIIIIB")
@@ -183,6 +183,12 @@ class OpenedChannel:
     their_first_per_commitment_point: bytes = field(
         metadata={"type": "point", "count": "", "optional": False}
     )
+    our_first_per_commitment_point: bytes = field(
+        metadata={"type": "point", "count": "", "optional": False}
+    )
+    our_second_per_commitment_point: bytes = field(
+        metadata={"type": "point", "count": "", "optional": False}
+    )
     their_commit_sig: bytes = field(metadata={"type": "signature", "count": "", "optional": False})
     our_upfront_shutdown_script: bytes = field(
         metadata={"type": "byte", "count": "our_shutdown_len", "optional": False, "maxlen": 65535}
@@ -204,6 +210,14 @@ class OpenedChannel:
             self.their_first_per_commitment_point
         ) != 33 or self.their_first_per_commitment_point[0] not in (2, 3):
             raise WireError("opened_channel: their_first_per_commitment_point bad point")
+        if len(self.our_first_per_commitment_point) != 33 or self.our_first_per_commitment_point[
+            0
+        ] not in (2, 3):
+            raise WireError("opened_channel: our_first_per_commitment_point bad point")
+        if len(self.our_second_per_commitment_point) != 33 or self.our_second_per_commitment_point[
+            0
+        ] not in (2, 3):
+            raise WireError("opened_channel: our_second_per_commitment_point bad point")
         if len(self.their_commit_sig) != 64:
             raise WireError("opened_channel: their_commit_sig must be 64 bytes")
         try:
@@ -227,6 +241,8 @@ class OpenedChannel:
                     self.their_basepoints.encode(),
                     _S5.pack(
                         self.their_first_per_commitment_point,
+                        self.our_first_per_commitment_point,
+                        self.our_second_per_commitment_point,
                         self.their_commit_sig,
                         len(self.our_upfront_shutdown_script),
                     ),
@@ -281,12 +297,20 @@ def _dsub_opened_channel(_b: bytes, _o: int) -> tuple[OpenedChannel, int]:
     if v_their_funding_pubkey[0] not in (2, 3):
         raise WireError("opened_channel: their_funding_pubkey is not a valid point")
     v_their_basepoints, _o = _dsub_basepoints(_b, _o)
-    v_their_first_per_commitment_point, v_their_commit_sig, v_our_shutdown_len = _S5.unpack_from(
-        _b, _o
-    )
-    _o += 99
+    (
+        v_their_first_per_commitment_point,
+        v_our_first_per_commitment_point,
+        v_our_second_per_commitment_point,
+        v_their_commit_sig,
+        v_our_shutdown_len,
+    ) = _S5.unpack_from(_b, _o)
+    _o += 165
     if v_their_first_per_commitment_point[0] not in (2, 3):
         raise WireError("opened_channel: their_first_per_commitment_point is not a valid point")
+    if v_our_first_per_commitment_point[0] not in (2, 3):
+        raise WireError("opened_channel: our_first_per_commitment_point is not a valid point")
+    if v_our_second_per_commitment_point[0] not in (2, 3):
+        raise WireError("opened_channel: our_second_per_commitment_point is not a valid point")
     _e = _o + v_our_shutdown_len
     if _e > _n:
         raise WireError("opened_channel: our_upfront_shutdown_script truncated")
@@ -316,6 +340,8 @@ def _dsub_opened_channel(_b: bytes, _o: int) -> tuple[OpenedChannel, int]:
         v_their_funding_pubkey,
         v_their_basepoints,
         v_their_first_per_commitment_point,
+        v_our_first_per_commitment_point,
+        v_our_second_per_commitment_point,
         v_their_commit_sig,
         v_our_upfront_shutdown_script,
         v_their_upfront_shutdown_script,

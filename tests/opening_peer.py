@@ -82,7 +82,8 @@ class PeerRefused(AssertionError):
 
     def __init__(self, msg: wire.Error | wire.Warning) -> None:
         super().__init__(f"{type(msg).NAME}: {error_text(msg)}")
-        self.msg = msg
+        # Not `.msg`: pytest treats an exception's `msg` attribute as text.
+        self.refusal = msg
         self.text = error_text(msg)
 
 

@@ -55,6 +55,8 @@ def opened(opener: int) -> wire.OpenedChannel:
             revocation=point(3), payment=point(4), htlc=point(5), delayed_payment=point(6)
         ),
         their_first_per_commitment_point=point(7),
+        our_first_per_commitment_point=point(10),
+        our_second_per_commitment_point=point(11),
         their_commit_sig=b"\x30" * 64,
         our_upfront_shutdown_script=b"",
         their_upfront_shutdown_script=b"\x00\x14" + b"\x09" * 20,

@@ -1,0 +1,385 @@
+"""Channel lock-in, in the master's event loop: the part of channeld a new channel needs.
+
+From funding_signed until both sides have sent `channel_ready`, a channel waits for its
+funding transaction to be buried; on reconnection it only exchanges `channel_reestablish`.
+Core Lightning runs a channeld per peer for this; here such a channel is idle work: one txid
+watch (lightningd/chaintopology.py) and, now and then, a message of fewer than 200 bytes to
+a peer that lightningd already keeps parked in its event loop (peer_control.py). A process
+per channel would need its own hsmd socket and a connection handover to send two messages,
+and would hold the connection hostage from the other subdaemons. The messages need nothing
+secret: our per-commitment points 0 and 1 are public and openingd, which may ask hsmd for
+them, reported them with the channel (`opened_channel`); lightningd itself has no
+COMMITMENT_POINT capability and needs none. Once channels carry HTLCs (commitment_signed,
+revoke_and_ack need hsmd signatures) a real channeld takes the connection; this module
+then keeps only the funding watch, as Core Lightning's channel_control.c does.
+
+What it does, as BOLT #2 "The `channel_ready` Message" and "Message Retransmission" say:
+
+- watches each AWAITING_LOCKIN (and NORMAL) channel's funding txid; the depth updates the
+  status, and at `minimum_depth` the short_channel_id is stored and `channel_ready` sent
+  (with a random `alias` where scid_alias applies) if the peer is connected and in sync;
+- stores the peer's `channel_ready` whenever it comes (early ones are kept, duplicates
+  ignored); with both sent and the funding buried the channel becomes CHANNELD_NORMAL;
+  a reorg that unburies the funding before that sends it back to waiting;
+- on reconnection sends `channel_reestablish` for a channel without updates, checks
+  theirs, and then retransmits `channel_ready` (both next_commitment_numbers are 1).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from coincurve import PublicKey
+
+from common import channel_type as ctype
+from common.features import Feature, negotiated, our_features
+from common.read_peer_msg import make_error, make_warning
+from lightningd.channel import (
+    Channel,
+    ChannelState,
+    save_lockin,
+    scid_to_str,
+    set_channel_state,
+)
+from wire import peer_wiregen as wire
+
+if TYPE_CHECKING:
+    from lightningd.lightningd import LightningD
+    from lightningd.peer_control import Peer
+
+# Channels this module looks after: no channeld takes them yet.
+_OURS = (ChannelState.CHANNELD_AWAITING_LOCKIN, ChannelState.CHANNELD_NORMAL)
+# Random aliases take block heights no chain will reach for centuries, so an alias can never
+# be a real short_channel_id of ours (BOLT #2: "MUST NOT ... use an alias which collides
+# with a `short_channel_id` of a channel on the same node").
+_ALIAS_MIN_BLOCK = 1 << 23
+_MAX_BLOCK = 1 << 24
+
+
+def make_scid(blockheight: int, txindex: int, outnum: int) -> int:
+    return (blockheight << 40) | (txindex << 16) | outnum
+
+
+def valid_point(point: bytes) -> bool:
+    try:
+        PublicKey(point)
+    except ValueError:
+        return False
+    return True
+
+
+class ReestablishError(Exception):
+    """Their channel_reestablish does not fit our channel: the error text for them."""
+
+
+def check_reestablish(msg: wire.ChannelReestablish) -> None:
+    """BOLT #2 receiver rules for a channel with no updates yet: we have sent no
+    `commitment_signed` after funding_created/funding_signed (commitment 0) and no
+    `revoke_and_ack`."""
+    # "if `next_commitment_number` is zero: MUST immediately fail the channel".
+    if msg.next_commitment_number == 0:
+        raise ReestablishError("bad reestablish: next_commitment_number 0")
+    # "if `next_commitment_number` is not equal to the commitment number of the next
+    # `commitment_signed` that the receiving node would send: SHOULD send an `error`".
+    if msg.next_commitment_number != 1:
+        raise ReestablishError(
+            f"bad reestablish commitment_number: {msg.next_commitment_number} vs 1"
+        )
+    # "if it has not sent `revoke_and_ack`, AND `next_revocation_number` is not equal to 0:
+    # SHOULD send an `error` and fail the channel." (A number ahead of ours may mean we lost
+    # data: then we "MUST NOT broadcast" and "SHOULD send an `error`"; we broadcast nothing.)
+    if msg.next_revocation_number != 0:
+        raise ReestablishError(
+            f"bad reestablish revocation_number: {msg.next_revocation_number} vs 0"
+        )
+    # With next_revocation_number 0 the expected secret is all zeroes: "if
+    # `your_last_per_commitment_secret` does not match the expected values: SHOULD send an
+    # `error` and fail the channel."
+    if msg.your_last_per_commitment_secret != bytes(32):
+        raise ReestablishError("bad reestablish: your_last_per_commitment_secret is not zero")
+    # "MUST ignore `my_current_per_commitment_point`, but MAY require it to be a valid point."
+    if not valid_point(msg.my_current_per_commitment_point):
+        raise ReestablishError("bad reestablish: my_current_per_commitment_point is invalid")
+
+
+class ChannelControl:
+    def __init__(self, ld: LightningD) -> None:
+        self.ld = ld
+        # The connection on which each channel (by dbid) may send channel messages: the one
+        # it was opened on, or one on which the peer's channel_reestablish has arrived.
+        self._in_sync: dict[int, Peer] = {}
+        # Channels owing the peer a channel_ready retransmission once the funding is buried
+        # (reestablished while it was not, e.g. during a reorg).
+        self._owed: set[int] = set()
+
+    # -- the hooks -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Stored channels: watch their funding (before the topology's first blocks)."""
+        for channel in self.ld.channels:
+            if channel.state in _OURS:
+                self._watch(channel)
+
+    def channel_stored(self, channel: Channel, peer: Peer) -> None:
+        """opening_control stored a new channel; `peer` is the connection it was opened on."""
+        self._in_sync[channel.dbid] = peer
+        self._watch(channel)
+
+    async def peer_connected(self, peer: Peer) -> None:
+        """BOLT #2: "upon reconnection: ... MUST transmit `channel_reestablish` for each
+        channel" and "MUST wait to receive the other node's `channel_reestablish` message
+        before sending any other messages for that channel"."""
+        for channel in self.ld.channels_of(peer.node_id):
+            if channel.state in _OURS:
+                self._in_sync.pop(channel.dbid, None)
+                self._owed.discard(channel.dbid)
+                await self._send(peer, channel, self.reestablish_msg(channel).encode())
+
+    async def channel_message(self, peer: Peer, channel_id: bytes, msg: wire.Message) -> None:
+        """A message from the peer for one of its stored channels."""
+        channel = self._find(peer.node_id, channel_id)
+        if channel is None or channel.state not in _OURS:
+            self.ld.log.debug("lightningd", f"Ignoring {msg.NAME}", peer.node_id)
+            return
+        if isinstance(msg, wire.ChannelReady):
+            await self._got_channel_ready(peer, channel, msg)
+        elif isinstance(msg, wire.ChannelReestablish):
+            await self._got_reestablish(peer, channel, msg)
+        else:
+            self._log(channel).debug(f"Ignoring {msg.NAME}: not handled before lock-in")
+
+    # -- the funding transaction's depth ---------------------------------------------------
+
+    def _watch(self, channel: Channel) -> None:
+        assert self.ld.topology is not None
+
+        async def depth_changed(depth: int, height: int | None, txindex: int | None) -> None:
+            await self._depth_changed(channel, depth, height, txindex)
+
+        self.ld.topology.watch_txid(channel.opened.funding_txid, depth_changed)
+
+    async def _depth_changed(
+        self, channel: Channel, depth: int, height: int | None, txindex: int | None
+    ) -> None:
+        previous, channel.depth = channel.depth, depth
+        if depth < channel.lockin_depth or height is None or txindex is None:
+            self._unburied(channel, previous)
+            return
+        scid = scid_to_str(make_scid(height, txindex, channel.opened.funding_outnum))
+        if channel.short_channel_id != scid:
+            channel.short_channel_id = scid
+            save_lockin(self.ld.db, channel)
+            self._log(channel).info(f"Funding tx reached depth {depth}: short_channel_id {scid}")
+        await self._send_channel_ready(channel)
+        self._maybe_normal(channel)
+
+    def _unburied(self, channel: Channel, previous: int) -> None:
+        """Below minimum_depth: still waiting, or a reorg took confirmations away.
+
+        Depth that only grows is not a reorg: after a restart the topology re-processes its
+        last blocks (--rescan) and the depth climbs back from 0 to where it was.
+        """
+        if channel.depth >= previous or channel.short_channel_id is None:
+            self._log(channel).debug(f"Funding tx depth {channel.depth}")
+            return
+        if channel.state == ChannelState.CHANNELD_NORMAL:
+            # A buried funding tx lost depth: past lock-in there is nothing to undo here.
+            self._log(channel).unusual(f"Funding tx reorganized to depth {channel.depth}")
+            return
+        # Not locked in yet: back to waiting, and the short_channel_id may change.
+        self._log(channel).unusual(
+            f"Funding tx reorganized to depth {channel.depth}: waiting for lock-in again"
+        )
+        channel.short_channel_id = None
+        save_lockin(self.ld.db, channel)
+
+    def _buried(self, channel: Channel) -> bool:
+        return channel.depth >= channel.lockin_depth and channel.short_channel_id is not None
+
+    # -- channel_ready ---------------------------------------------------------------------
+
+    async def _send_channel_ready(self, channel: Channel, retransmit: bool = False) -> None:
+        """Once buried, to a connected peer in sync: once, or again after reestablish."""
+        if retransmit:
+            self._owed.add(channel.dbid)
+        if channel.channel_ready_sent and channel.dbid not in self._owed:
+            return
+        peer = self._peer_in_sync(channel)
+        if peer is None or not self._buried(channel):
+            return
+        msg = self.channel_ready_msg(channel, peer)
+        if not await self._send(peer, channel, msg.encode()):
+            return
+        self._owed.discard(channel.dbid)
+        if not channel.channel_ready_sent:
+            channel.channel_ready_sent = True
+            save_lockin(self.ld.db, channel)
+            self._log(channel).info("Sent channel_ready")
+
+    def channel_ready_msg(self, channel: Channel, peer: Peer) -> wire.ChannelReady:
+        alias = self._local_alias(channel) if self._wants_alias(channel, peer) else None
+        return wire.ChannelReady(
+            channel_id=channel.opened.channel_id,
+            # BOLT #2: "MUST set `second_per_commitment_point` to the per-commitment point
+            # to be used for commitment transaction #1".
+            second_per_commitment_point=channel.opened.our_second_per_commitment_point,
+            tlvs=wire.ChannelReadyTlvs(short_channel_id=alias),
+        )
+
+    @staticmethod
+    def _wants_alias(channel: Channel, peer: Peer) -> bool:
+        """BOLT #2: "if `option_scid_alias` was negotiated: MUST set `short_channel_id`
+        `alias`" (otherwise MAY: we don't). Negotiated: in the channel_type, or offered in
+        both inits."""
+        return ctype.has(channel.opened.channel_type, Feature.OPTION_SCID_ALIAS) or negotiated(
+            our_features(), peer.init.features, Feature.OPTION_SCID_ALIAS
+        )
+
+    def _local_alias(self, channel: Channel) -> int:
+        """Our alias for the channel: random, stored before it is ever sent, and (BOLT #2)
+        not sent "for multiple peers": unique among our channels."""
+        if channel.alias_local is None:
+            taken = {c.alias_local for c in self.ld.channels}
+            alias = None
+            while alias is None or alias in taken:
+                block = _ALIAS_MIN_BLOCK + secrets.randbelow(_MAX_BLOCK - _ALIAS_MIN_BLOCK)
+                alias = make_scid(block, secrets.randbelow(1 << 24), secrets.randbelow(1 << 16))
+            channel.alias_local = alias
+            save_lockin(self.ld.db, channel)
+        return channel.alias_local
+
+    async def _got_channel_ready(
+        self, peer: Peer, channel: Channel, msg: wire.ChannelReady
+    ) -> None:
+        point = msg.second_per_commitment_point
+        if not valid_point(point):
+            await self._send(
+                peer, channel, make_warning(channel.opened.channel_id, "Bad channel_ready point")
+            )
+            return
+        alias = msg.tlvs.short_channel_id
+        if channel.channel_ready_received:
+            # BOLT #2: "upon reconnection: MUST ignore any redundant `channel_ready` it
+            # receives"; a sender "MAY send multiple `channel_ready` messages to the same
+            # peer with different `alias` values" (the recipient keeps one).
+            if point != channel.their_next_per_commit_point:
+                self._log(channel).unusual("channel_ready again with another point: ignored")
+            elif alias is not None and alias != channel.alias_remote:
+                channel.alias_remote = alias
+                save_lockin(self.ld.db, channel)
+                self._log(channel).info(f"Peer's new alias {scid_to_str(alias)}")
+            return
+        channel.their_next_per_commit_point = point
+        channel.alias_remote = alias
+        channel.channel_ready_received = True
+        save_lockin(self.ld.db, channel)
+        if self._buried(channel):
+            self._log(channel).info("Got channel_ready")
+        else:
+            # The opener "is free to send this message at any time": keep it until ours.
+            self._log(channel).info("Got channel_ready before the funding tx is buried: kept")
+        self._maybe_normal(channel)
+
+    def _maybe_normal(self, channel: Channel) -> None:
+        """Both sent channel_ready, and the funding is buried to minimum_depth."""
+        if channel.state != ChannelState.CHANNELD_AWAITING_LOCKIN:
+            return
+        if not (channel.channel_ready_sent and channel.channel_ready_received):
+            return
+        if not self._buried(channel):
+            return
+        old = channel.state
+        set_channel_state(self.ld.db, channel, ChannelState.CHANNELD_NORMAL)
+        self._log(channel).info(
+            f"Channel {channel.opened.channel_id.hex()}: State changed from {old.name}"
+            f" to {channel.state.name}"
+        )
+
+    # -- reestablishment -------------------------------------------------------------------
+
+    @staticmethod
+    def reestablish_msg(channel: Channel) -> wire.ChannelReestablish:
+        """BOLT #2 for a channel with no updates: the next commitment_signed we expect is
+        #1, the next revoke_and_ack #0; "if `next_revocation_number` equals 0: MUST set
+        `your_last_per_commitment_secret` to all zeroes"; our current point is #0's."""
+        return wire.ChannelReestablish(
+            channel_id=channel.opened.channel_id,
+            next_commitment_number=1,
+            next_revocation_number=0,
+            your_last_per_commitment_secret=bytes(32),
+            my_current_per_commitment_point=channel.opened.our_first_per_commitment_point,
+        )
+
+    async def _got_reestablish(
+        self, peer: Peer, channel: Channel, msg: wire.ChannelReestablish
+    ) -> None:
+        try:
+            check_reestablish(msg)
+        except ReestablishError as exc:
+            # Failing the channel means going on-chain: not implemented yet, so we tell the
+            # peer and keep the channel as it is.
+            self._log(channel).broken(f"{exc}: sending error")
+            await self._send(peer, channel, make_error(channel.opened.channel_id, str(exc)))
+            return
+        if msg.tlvs.next_funding is not None:
+            # BOLT #2: next_funding that matches no interactive funding of ours: "MUST send
+            # `tx_abort` to let the sending node know that they can forget" it.
+            abort = wire.TxAbort(channel_id=channel.opened.channel_id, data=b"")
+            await self._send(peer, channel, abort.encode())
+        self._in_sync[channel.dbid] = peer
+        self._log(channel).debug("Got channel_reestablish")
+        # BOLT #2: "if `next_commitment_number` is 1 in both the `channel_reestablish` it
+        # sent and received ...: MUST retransmit `channel_ready`." Ours is always 1 and theirs
+        # was checked to be 1; if the funding got buried while they were away, this is
+        # the first time.
+        await self._send_channel_ready(channel, retransmit=True)
+        self._maybe_normal(channel)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _find(self, node_id: bytes, channel_id: bytes) -> Channel | None:
+        return next(
+            (c for c in self.ld.channels_of(node_id) if c.opened.channel_id == channel_id), None
+        )
+
+    def _peer_in_sync(self, channel: Channel) -> Peer | None:
+        peer = self.ld.peers.peers.get(channel.peer_id)
+        if peer is None or peer.conn is None or self._in_sync.get(channel.dbid) is not peer:
+            return None
+        return peer
+
+    async def _send(self, peer: Peer, channel: Channel, msg: bytes) -> bool:
+        """To the parked peer; False if the connection is gone (its reader will notice)."""
+        if peer.conn is None:
+            return False
+        try:
+            await peer.conn.write_message(msg)
+        except (OSError, ConnectionError) as exc:
+            self._log(channel).debug(f"Could not send to peer: {exc}")
+            return False
+        return True
+
+    def _log(self, channel: Channel) -> _ChannelLog:
+        return _ChannelLog(self.ld, channel)
+
+
+class _ChannelLog:
+    """Log lines for one channel, as Core Lightning tags them: `chan#<dbid>`, peer id."""
+
+    def __init__(self, ld: LightningD, channel: Channel) -> None:
+        self.log = ld.log
+        self.source = f"chan#{channel.dbid}"
+        self.node_id = channel.peer_id
+
+    def debug(self, message: str) -> None:
+        self.log.debug(self.source, message, self.node_id)
+
+    def info(self, message: str) -> None:
+        self.log.info(self.source, message, self.node_id)
+
+    def unusual(self, message: str) -> None:
+        self.log.unusual(self.source, message, self.node_id)
+
+    def broken(self, message: str) -> None:
+        self.log.broken(self.source, message, self.node_id)
