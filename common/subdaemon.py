@@ -17,7 +17,9 @@ is reported once with status_fail and exits with 0x80 | reason.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -33,6 +35,7 @@ PEER_FD = 3
 GOSSIP_FD = 4
 GOSSIP_STORE_FD = 5
 HSM_FD = 6
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -80,6 +83,21 @@ class Subdaemon:
 Main = Callable[[Subdaemon], None]
 
 
+def die_with_master() -> None:
+    """Ask Linux to end us when lightningd dies, however it dies (even SIGKILL).
+
+    A subdaemon also exits when its master socket closes, but one blocked on its peer
+    would otherwise linger, holding the peer connection and the master's stdout.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the master socket still ends us
+        return
+    if os.getppid() == 1:  # the master died before the request took effect
+        os._exit(0)
+
+
 def run(name: str, main: Main, argv: list[str] | None = None) -> NoReturn:
     """Run `main` as subdaemon `name` and exit with a code the master understands."""
     try:
@@ -87,6 +105,7 @@ def run(name: str, main: Main, argv: list[str] | None = None) -> NoReturn:
     except UsageError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
+    die_with_master()
     master = DaemonConn.from_fd(REQ_FD)
     status = Status(master.send)
     try:

@@ -29,15 +29,15 @@ def parse_feerate(value: Any) -> int:
         return NAMED_FEERATES_PERKW[value]
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(text, str):
-        raise ParamError("a feerate")
+        raise ParamError("should be a feerate")
     number, per_kw = text, False
     if text.endswith("perkw"):
         number, per_kw = text[: -len("perkw")], True
     elif text.endswith("perkb"):
         number = text[: -len("perkb")]
     if not number.isdigit():
-        raise ParamError("a feerate")
+        raise ParamError("should be a feerate")
     perkw = int(number) if per_kw else int(number) // 4
     if perkw < FEERATE_FLOOR_PERKW:
-        raise ParamError(f"a feerate of at least {FEERATE_FLOOR_PERKW}perkw")
+        raise ParamError(f"should be a feerate of at least {FEERATE_FLOOR_PERKW}perkw")
     return perkw

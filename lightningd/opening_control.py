@@ -37,11 +37,13 @@ from lightningd.channel import (
 )
 from lightningd.jsonrpc import (
     Param,
+    ParamError,
     RpcError,
     param_array,
     param_bool,
     param_msat,
     param_node_id,
+    param_node_id_or_uri,
     param_sat,
     param_sat_or_all,
     param_string,
@@ -319,6 +321,21 @@ class OpeningControl:
             description="Fund channel with {id} using {amount} satoshis, from the wallet.",
         )
         rpc.register(
+            "multifundchannel",
+            self.json_multifundchannel,
+            [
+                Param("destinations", param_array),
+                Param("feerate", param_feerate, required=False),
+                Param("minconf", param_u32, required=False, default=1),
+                Param("utxos", param_array, required=False),
+                Param("minchannels", param_u32, required=False),
+                Param("commitment_feerate", param_feerate, required=False),
+            ],
+            category="channels",
+            description="Fund channels to {destinations}, which is an array of objects containing "
+            "peer {id}, {amount}, and optional {announce} and {push_msat}.",
+        )
+        rpc.register(
             "fundchannel_complete",
             self.json_fundchannel_complete,
             [
@@ -490,6 +507,126 @@ class OpeningControl:
             **self._start_result(pending, reply),
         }
 
+    async def json_multifundchannel(
+        self,
+        destinations: list[Any],
+        feerate: FeerateSpec | None = None,
+        minconf: int = 1,
+        utxos: list[Any] | None = None,
+        minchannels: int | None = None,
+        commitment_feerate: FeerateSpec | None = None,
+    ) -> dict:
+        """Several channels funded by one transaction, as Core Lightning's multifundchannel."""
+        wallet = self.ld.wallet
+        if wallet is None:
+            raise RpcError(LIGHTNINGD, "No wallet: lightningd has no chain backend")
+        dests = [parse_destination(d) for d in destinations]
+        if not dests:
+            raise RpcError(-32602, "destinations: must not be empty")
+        if len({d.node_id for d in dests}) != len(dests):
+            raise RpcError(-32602, "destinations: Duplicate destination")
+        needed = len(dests) if minchannels is None else minchannels
+        if not 1 <= needed <= len(dests):
+            raise RpcError(-32602, f"minchannels: should be 1 to {len(dests)}")
+        outpoints = parse_utxos(utxos)
+        funding_feerate = self.commitment_feerate(feerate)
+        # "all" (at most one): what remains for it once the other outputs are paid.
+        plan = wallet.plan(
+            [(bytes(P2WSH_LEN), d.amount) for d in dests], funding_feerate, minconf, outpoints
+        )
+        amounts = [AmountSat(a) for _, a in plan.outputs]
+        failed: list[dict] = []
+        started = await self._start_all(dests, amounts, commitment_feerate, failed)
+        if len(started) < needed:
+            for start in started:
+                await self._cancel_quietly(start.pending)
+            raise RpcError(
+                LIGHTNINGD, f"Only {len(started)} of {needed} channels started: {failed}"
+            )
+        outputs = [(start.reply.funding_scriptpubkey, start.amount) for start in started]
+        try:
+            funded = await wallet.fund_outputs(outputs, funding_feerate, minconf, outpoints)
+        except BaseException:
+            for start in started:
+                await self._cancel_quietly(start.pending)
+            raise
+        txid = bytes(funded.tx.GetTxid())
+        try:
+            replies = await asyncio.gather(
+                *(
+                    self._complete(start.pending, txid, outnum)
+                    for start, outnum in zip(started, funded.outnums, strict=True)
+                )
+            )
+        except BaseException:
+            wallet.release(funded.tx)
+            raise
+        try:
+            await wallet.broadcast(funded.tx)
+        except BroadcastError as exc:
+            raise RpcError(
+                FUNDING_BROADCAST_FAIL, f"Error broadcasting funding transaction: {exc}"
+            ) from None
+        result: dict[str, Any] = {
+            "tx": funded.tx.serialize().hex(),
+            "txid": display_txid(txid),
+            "channel_ids": [
+                {
+                    "id": start.pending.peer.node_id.hex(),
+                    "channel_id": reply.channel.channel_id.hex(),
+                    "outnum": outnum,
+                    **self._start_result(start.pending, start.reply),
+                }
+                for start, reply, outnum in zip(started, replies, funded.outnums, strict=True)
+            ],
+        }
+        if failed:
+            result["failed"] = failed
+        return result
+
+    async def _start_all(
+        self,
+        dests: list[Destination],
+        amounts: list[AmountSat],
+        feerate: FeerateSpec | None,
+        failed: list[dict],
+    ) -> list[StartedOpen]:
+        """fundchannel_start with every destination at once; failures go to `failed`."""
+        results = await asyncio.gather(
+            *(
+                self.start_funding(
+                    d.node_id, amount, feerate, d.announce, d.close_to, d.push_msat,
+                    d.mindepth, d.reserve, None,
+                )
+                for d, amount in zip(dests, amounts, strict=True)
+            ),
+            return_exceptions=True,
+        )  # fmt: skip
+        started = []
+        for d, amount, result in zip(dests, amounts, results, strict=True):
+            if isinstance(result, RpcError):
+                failed.append(
+                    {
+                        "id": d.node_id.hex(),
+                        "method": "openchannel_init",
+                        "error": {"code": result.code, "message": result.message},
+                    }
+                )
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                started.append(StartedOpen(*result, amount))
+        return started
+
+    async def _complete(
+        self, pending: PendingOpen, txid: bytes, outnum: int
+    ) -> wire.OpeningdFunderReply:
+        await self._send(
+            pending,
+            wire.OpeningdFunderComplete(funding_txid=txid, funding_outnum=outnum).encode(),
+        )
+        return await self._wait(pending)
+
     async def _cancel_quietly(self, pending: PendingOpen) -> None:
         """Abandon an open whose funding failed; the caller reports the real error."""
         with contextlib.suppress(RpcError):
@@ -550,6 +687,46 @@ class OpeningControl:
 
 
 P2WSH_LEN = 34
+
+
+@dataclass(frozen=True)
+class StartedOpen:
+    """A multifundchannel destination whose fundchannel_start succeeded."""
+
+    pending: PendingOpen
+    reply: wire.OpeningdFunderStartReply
+    amount: AmountSat
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One entry of multifundchannel's `destinations`."""
+
+    node_id: bytes
+    amount: AmountSat | None
+    announce: bool = True
+    push_msat: AmountMsat | None = None
+    close_to: str | None = None
+    mindepth: int | None = None
+    reserve: AmountSat | None = None
+
+
+def parse_destination(entry: Any) -> Destination:
+    if not isinstance(entry, dict) or "id" not in entry or "amount" not in entry:
+        raise RpcError(-32602, "destinations: each must be an object with id and amount")
+    try:
+        node_id, _host = param_node_id_or_uri(entry["id"])
+        return Destination(
+            node_id=node_id,
+            amount=param_sat_or_all(entry["amount"]),
+            announce=param_bool(entry.get("announce", True)),
+            push_msat=param_msat(entry["push_msat"]) if "push_msat" in entry else None,
+            close_to=entry.get("close_to"),
+            mindepth=param_u32(entry["mindepth"]) if "mindepth" in entry else None,
+            reserve=param_sat(entry["reserve"]) if "reserve" in entry else None,
+        )
+    except ParamError as exc:
+        raise RpcError(-32602, f"destinations: {entry}: {exc.should}") from None
 
 
 def parse_utxos(utxos: list[Any] | None) -> list[tuple[bytes, int]] | None:

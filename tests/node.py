@@ -112,7 +112,8 @@ class Node:
 
     def check_clean_exit(self) -> None:
         assert self.proc is not None
-        out, err = self.proc.communicate()
+        # Bounded: a subdaemon left alive would hold lightningd's stdout open for ever.
+        out, err = self.proc.communicate(timeout=20)
         for text in (out, err, self.logs()):
             assert "Traceback" not in text, text
 

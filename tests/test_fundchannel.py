@@ -25,10 +25,10 @@ def funded_node(node_factory, bitcoind, *options: str):
     node = node_factory.get_node(*FAST, *options)
     bitcoind.generate(1, node.rpc.newaddr()["bech32"])
     bitcoind.generate(100, ELSEWHERE)
-    outputs = wait_for(
-        lambda: [o for o in node.rpc.listfunds()["outputs"] if o["status"] == "confirmed"],
-        what="the coinbase in the wallet",
-    )
+    # Spendable only once the wallet has seen the blocks that mature it.
+    tip = bitcoind.rpc("getblockcount")
+    wait_for(lambda: node.rpc.getinfo()["blockheight"] == tip, what="the node to reach the tip")
+    outputs = [o for o in node.rpc.listfunds()["outputs"] if o["status"] == "confirmed"]
     return node, outputs[0]["amount_msat"] // 1000
 
 
@@ -76,3 +76,96 @@ def test_fundchannel_all(node_factory, bitcoind):
     assert coin_sat * 1000 - 10_000_000 < chan["total_msat"] < coin_sat * 1000
     assert l1.rpc.listfunds()["outputs"] == []
     assert result["txid"] in bitcoind.rpc("getrawmempool")
+
+
+def states(node) -> list[str]:
+    return [c["state"] for c in node.rpc.listpeerchannels()["channels"]]
+
+
+def mine_until_normal(bitcoind, *nodes, blocks: int = 6) -> None:
+    bitcoind.generate(blocks, ELSEWHERE)
+    for node in nodes:
+        wait_for(lambda node=node: states(node) == ["CHANNELD_NORMAL"], what="CHANNELD_NORMAL")
+
+
+def test_fundchannel_options(node_factory, bitcoind):
+    l1, _ = funded_node(node_factory, bitcoind)
+    l2 = node_factory.get_node(*FAST)
+    l1.rpc.connect(l2.uri())
+    close_to = l1.rpc.newaddr()["bech32"]
+    result = l1.rpc.fundchannel(
+        l2.id,
+        "200000sat",
+        feerate="1000perkw",
+        announce=False,
+        push_msat=10_000_000,
+        close_to=close_to,
+        mindepth=2,
+        reserve="5000sat",
+        channel_type=[12],
+    )
+    assert result["channel_type"] == {"bits": [12], "names": ["static_remotekey/even"]}
+    assert result["mindepth"] == 2
+    assert result["close_to"].startswith("0014")
+    chan = l1.rpc.listpeerchannels()["channels"][0]
+    assert chan["private"] is True
+    assert chan["to_us_msat"] == 200_000_000 - 10_000_000
+    assert chan["their_reserve_msat"] == 5_000_000  # what we asked l2 to keep
+    assert chan["feerate"]["perkw"] == 1000
+    theirs = l2.rpc.listpeerchannels()["channels"][0]
+    assert theirs["to_us_msat"] == 10_000_000
+    mine_until_normal(bitcoind, l1, l2)
+
+
+def test_funder_restart_before_lockin(node_factory, bitcoind):
+    """The channel and its funding tx survive the funder's restart; lock-in follows."""
+    l1, _ = funded_node(node_factory, bitcoind)
+    l2 = node_factory.get_node(*FAST)
+    l1.rpc.connect(l2.uri())
+    txid = l1.rpc.fundchannel(l2.id, 300_000)["txid"]
+    assert l1.stop() == 0
+    l1.start()
+    assert states(l1) == ["CHANNELD_AWAITING_LOCKIN"]
+    assert txid in bitcoind.rpc("getrawmempool")
+    l1.rpc.connect(l2.uri())
+    mine_until_normal(bitcoind, l1, l2)
+    # Every satoshi accounted for: the change output is ours, the channel holds the rest.
+    change = sum(o["amount_msat"] for o in l1.rpc.listfunds()["outputs"])
+    assert change > 0
+    assert l1.rpc.listfunds()["channels"][0]["our_amount_msat"] == 300_000_000
+
+
+def test_multifundchannel(node_factory, bitcoind):
+    l1, _ = funded_node(node_factory, bitcoind)
+    l2, l3 = node_factory.get_nodes(2, *FAST)
+    for peer in (l2, l3):
+        l1.rpc.connect(peer.uri())
+    result = l1.rpc.multifundchannel(
+        [{"id": l2.id, "amount": 100_000}, {"id": l3.id, "amount": "150000sat", "announce": False}]
+    )
+    assert result["txid"] in bitcoind.rpc("getrawmempool")
+    assert {c["id"] for c in result["channel_ids"]} == {l2.id, l3.id}
+    assert len({c["outnum"] for c in result["channel_ids"]}) == 2  # two outputs of one tx
+    mine_until_normal(bitcoind, l2, l3)
+    assert sorted(c["total_msat"] for c in l1.rpc.listpeerchannels()["channels"]) == [
+        100_000_000,
+        150_000_000,
+    ]
+
+
+def test_multifundchannel_minchannels(node_factory, bitcoind):
+    l1, _ = funded_node(node_factory, bitcoind)
+    l2 = node_factory.get_node(*FAST)
+    l1.rpc.connect(l2.uri())
+    stranger = PrivateKey(b"\x77" * 32).public_key.format().hex()  # nobody we know
+    with pytest.raises(RpcError):
+        l1.rpc.multifundchannel(
+            [{"id": l2.id, "amount": 100_000}, {"id": stranger, "amount": 100_000}]
+        )
+    # Nothing half-done: l2's open was cancelled and the wallet's coins are free again.
+    wait_for(lambda: l1.rpc.listpeerchannels()["channels"] == [], what="cancelled open")
+    result = l1.rpc.multifundchannel(
+        [{"id": l2.id, "amount": 100_000}, {"id": stranger, "amount": 100_000}], minchannels=1
+    )
+    assert [c["id"] for c in result["channel_ids"]] == [l2.id]
+    assert result["failed"][0]["id"] == stranger

@@ -91,3 +91,28 @@ def test_version_and_bad_option_from_the_command_line():
     out = subprocess.run([*run, "--bogus"], capture_output=True, text=True, cwd=root)
     assert out.returncode == 2
     assert "unknown option '--bogus'" in out.stderr
+
+
+def test_subdaemon_dies_with_its_master():
+    """Killed master, socket still open elsewhere: the kernel's death signal ends the daemon."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    code = (
+        "import sys, time\n"
+        "from lightningd.subd import spawn_subdaemon\n"
+        "spawn_subdaemon('tests.status_subdaemon', {0: int(sys.argv[1])},"
+        " ['--developer', '--dev-behaviour=wait-for-master'])\n"
+        "time.sleep(60)\n"
+    )
+    master = subprocess.Popen(
+        [sys.executable, "-c", code, str(theirs.fileno())],
+        pass_fds=[theirs.fileno()],
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    theirs.close()
+    conn = DaemonConn(ours)
+    assert status_wire.decode(conn.recv()).entry == "started"
+    master.kill()
+    master.wait()
+    conn.sock.settimeout(10)
+    with pytest.raises(DaemonConnClosed):
+        conn.recv()  # only the subdaemon held the other end: it is gone
