@@ -220,11 +220,23 @@ def _config_from(row, side: str) -> opening_wire.ChannelConfig:
     )
 
 
-def save_channel(db: Database, channel: Channel, address: str | None) -> None:
-    """Insert the channel, committed and synced when this returns (see Database)."""
+def save_channel(
+    db: Database, channel: Channel, address: str | None, funding_tx: bytes | None = None
+) -> None:
+    """Insert the channel, committed and synced when this returns (see Database).
+
+    Our own funding tx, if we built it, is recorded in the same transaction: the chain
+    code rebroadcasts every unconfirmed recorded tx, so a crash between storing the channel
+    and broadcasting cannot strand the channel; and no tx is recorded without its channel.
+    """
     o = channel.opened
     bp = o.their_basepoints
     with db.transaction():
+        if funding_tx is not None:
+            db.execute(
+                "INSERT INTO transactions (id, rawtx) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                (o.funding_txid, funding_tx),
+            )
         peer_row = db.add_peer(channel.peer_id, address)
         values = (
             channel.dbid, peer_row, int(channel.state), o.channel_id, o.opener, o.channel_flags,

@@ -94,6 +94,8 @@ class PendingOpen:
     funding: AmountSat | None = None
     close_to: bytes = b""
     mindepth: int | None = None
+    # The funding tx we built (fundchannel/multifundchannel), stored with the channel.
+    funding_tx: bytes | None = None
     peer_returned: bool = False
     done: bool = False
 
@@ -222,7 +224,7 @@ class OpeningControl:
         """Store the channel, synced, then give the peer back (and send funding_signed)."""
         peer = pending.peer
         channel = Channel(pending.dbid, peer.node_id, ChannelState.CHANNELD_AWAITING_LOCKIN, opened)
-        save_channel(self.ld.db, channel, str(peer.address))
+        save_channel(self.ld.db, channel, str(peer.address), pending.funding_tx)
         self.ld.channels.append(channel)
         pending.done = True
         self.ld.log.info(
@@ -481,6 +483,7 @@ class OpeningControl:
         except BaseException:
             await self._cancel_quietly(pending)
             raise
+        pending.funding_tx = tx.serialize()
         try:
             await self._send(
                 pending,
@@ -550,6 +553,8 @@ class OpeningControl:
             for start in started:
                 await self._cancel_quietly(start.pending)
             raise
+        # Not recorded with each channel (unlike fundchannel): if one peer fails at
+        # funding_signed, a recorded tx would later fund an output nobody can spend from.
         txid = bytes(funded.tx.GetTxid())
         try:
             replies = await asyncio.gather(

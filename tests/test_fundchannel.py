@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from bitcointx.core import CMutableTransaction, CMutableTxIn, CTxOut
+from bitcointx.core.psbt import PartiallySignedTransaction
 from coincurve import PrivateKey
 from pyln.client import RpcError
 
 from hsmd.derive import p2wpkh_address
 from tests.node import wait_for
+from tests.test_lockin import FEE, FUNDING, P2WPKH, funding_tx
 
 FAST = ("--developer", "--dev-bitcoind-poll=1")
 
@@ -169,3 +172,37 @@ def test_multifundchannel_minchannels(node_factory, bitcoind):
     )
     assert [c["id"] for c in result["channel_ids"]] == [l2.id]
     assert result["failed"][0]["id"] == stranger
+
+
+def test_psbt_flow_on_chain(node_factory, bitcoind):
+    """fundchannel_start / fundchannel_complete with a PSBT funded and broadcast by the user."""
+    l1, l2 = node_factory.get_nodes(2, *FAST)
+    l1.rpc.connect(l2.uri())
+    start = l1.rpc.fundchannel_start(l2.id, FUNDING)
+    assert start["funding_address"].startswith("bcrt1q")
+    tx = funding_tx(bitcoind, bytes.fromhex(start["scriptpubkey"]))  # signed by the test
+    unsigned = CMutableTransaction(
+        [CMutableTxIn(t.prevout, nSequence=t.nSequence) for t in tx.vin], tx.vout, nVersion=2
+    )
+    psbt = PartiallySignedTransaction(unsigned_tx=unsigned)
+    psbt.set_utxo(CTxOut(FUNDING + FEE + tx.vout[1].nValue, P2WPKH), 0, force_witness_utxo=True)
+    done = l1.rpc.call("fundchannel_complete", {"id": l2.id, "psbt": psbt.to_base64()})
+    assert done["commitments_secured"] is True
+    assert states(l1) == ["CHANNELD_AWAITING_LOCKIN"]
+    # The user broadcasts: lightningd never saw the signatures, and did not need them.
+    bitcoind.rpc("sendrawtransaction", tx.serialize().hex())
+    mine_until_normal(bitcoind, l1, l2)
+    assert l1.rpc.listpeerchannels()["channels"][0]["funding_txid"] == tx.GetTxid()[::-1].hex()
+
+
+def test_fundee_restart_before_lockin(node_factory, bitcoind):
+    l1, _ = funded_node(node_factory, bitcoind)
+    l2 = node_factory.get_node(*FAST)
+    l1.rpc.connect(l2.uri())
+    l1.rpc.fundchannel(l2.id, 300_000)
+    assert l2.stop() == 0
+    bitcoind.generate(6, ELSEWHERE)  # confirmed while l2 was away
+    l2.start()
+    assert states(l2) == ["CHANNELD_AWAITING_LOCKIN"]
+    l1.rpc.connect(l2.uri())  # reestablish, then lock-in
+    wait_for(lambda: states(l1) == states(l2) == ["CHANNELD_NORMAL"], what="lock-in after restart")
