@@ -25,6 +25,7 @@ from lightningd.channel import Channel, ChannelState, load_channels
 from lightningd.channel_control import ChannelControl
 from lightningd.connect_control import ConnectControl
 from lightningd.db import Database, DatabaseError
+from lightningd.gossip_control import GossipControl
 from lightningd.hsm_control import HsmControl, HsmError
 from lightningd.jsonrpc import JsonRpcServer
 from lightningd.log import NodeLog
@@ -103,6 +104,7 @@ class LightningD:
         self.peers = PeerControl(self)
         self.connect = ConnectControl(self)
         self.opening = OpeningControl(self)
+        self.gossip = GossipControl(self)
         self.channel_control = ChannelControl(self)
         self.channels: list[Channel] = []
         self.bitcoind = Bitcoind.from_config(config, log)
@@ -138,6 +140,8 @@ class LightningD:
         except DatabaseError as exc:
             raise StartupError(str(exc)) from None
         await self.start_chain(info.bip32_account_xpub)
+        await self.gossip.start()
+        self.gossip.register_commands()
         await self.connect.listen(self.listen_addresses())
         self.register_commands()
         self.peers.register_commands()
@@ -297,6 +301,7 @@ class LightningD:
         await self.connect.shutdown()
         await self.opening.shutdown()
         await self.peers.shutdown()
+        await self.gossip.stop()
         await self.hsm.stop()
         if hasattr(self, "db"):
             self.db.close()

@@ -31,6 +31,7 @@ from common.read_peer_msg import (
     handle_peer_msg,
     make_error,
 )
+from lightningd.gossip_control import GOSSIP_TYPES
 from lightningd.jsonrpc import Param, RpcError, param_bool, param_node_id
 from lightningd.jsonrpc_errors import LIGHTNINGD
 from wire import peer_wiregen as wire
@@ -107,6 +108,7 @@ class PeerControl:
         )
         peer.task = asyncio.get_running_loop().create_task(self._serve(peer))
         await self.ld.channel_control.peer_connected(peer)
+        await self.ld.gossip.peer_connected(peer)
 
     async def disconnect(self, peer: Peer, reason: str) -> None:
         if peer.conn is None:
@@ -124,6 +126,7 @@ class PeerControl:
             del self.peers[peer.node_id]
             peer.disconnect_reason = reason
             self.ld.log.info(SOURCE, f"Peer disconnected: {reason}", peer.node_id)
+            await self.ld.gossip.peer_gone(peer.node_id)
 
     async def _stop_serving(self, peer: Peer) -> None:
         # Stop the peer's reader before touching its socket: a descriptor closed under
@@ -191,6 +194,9 @@ class PeerControl:
         if isinstance(event, Deliver) and isinstance(event.msg, wire.OpenChannel):
             await self.ld.opening.peer_open_channel(peer, raw)
             return HANDED_OVER if peer.conn is None else None
+        if isinstance(event, Deliver) and event.msg.TYPE in GOSSIP_TYPES:
+            await self.ld.gossip.peer_gossip(peer, raw)
+            return None
         if isinstance(event, Reply):
             await peer.conn.write_message(event.msg)
         elif isinstance(event, Ignored):

@@ -65,10 +65,13 @@ class ScriptedPeer:
         return wire.decode(self.conn.read_message())
 
     def recv_skipping_pings(self):
+        """The next message that is not a ping (answered) or gossip (ignored)."""
         while True:
             msg = self.recv()
             if isinstance(msg, wire.Ping):
                 self.send(wire.Pong(ignored=bytes(msg.num_pong_bytes)).encode())
+                continue
+            if 256 <= msg.TYPE <= 511:  # BOLT #7 gossip, incl. gossip_timestamp_filter
                 continue
             return msg
 

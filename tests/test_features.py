@@ -68,5 +68,9 @@ def test_merge_and_names():
         "unknown_101/odd",
     ]
     lines = list_features_lines()
-    assert lines[:2] == ["option_data_loss_protect/even", "option_upfront_shutdown_script/odd"]
+    assert lines[:3] == [
+        "option_data_loss_protect/even",
+        "option_upfront_shutdown_script/odd",
+        "option_gossip_queries/odd",
+    ]
     assert lines.index("option_static_remotekey/even") < lines.index("option_anchors/odd")
