@@ -91,6 +91,8 @@ class Pending:
     ann: pw.ChannelAnnouncement
     source: bytes | None
     updates: dict[int, bytes] = field(default_factory=dict)
+    # node_announcements of its nodes that arrived while it waited: (source, raw)
+    nodes: dict[bytes, tuple[bytes | None, bytes]] = field(default_factory=dict)
 
 
 def warning(text: str) -> bytes:
@@ -284,6 +286,8 @@ class Gossipd:
         # it goes out with its first update.
         for raw in pend.updates.values():
             await self.handle_gossip(pend.source, raw)
+        for source, raw in pend.nodes.values():
+            await self.handle_gossip(source, raw)
 
     async def channel_update(self, source: bytes | None, raw: bytes) -> None:
         try:
@@ -306,6 +310,12 @@ class Gossipd:
             await self.relay(source, chan, raw, upd.timestamp)
 
     async def node_announcement(self, source: bytes | None, raw: bytes) -> None:
+        pend = self._pending_for_node(raw)
+        if pend is not None:
+            # Its channel is still being checked: judge the node once the channel is in,
+            # rather than ignore it as a node without channels.
+            pend.nodes[pw.NodeAnnouncement.decode(raw).node_id] = (source, raw)
+            return
         ann, addresses = self.routing.check_node(raw)
         old = self.routing.nodes[ann.node_id]
         if old.raw is not None:
@@ -313,6 +323,19 @@ class Gossipd:
         node = self.routing.apply_node(raw, ann, addresses)
         node.offset = self.store.append(raw, ann.timestamp)
         await self.relay(source, None, raw, ann.timestamp)
+
+    def _pending_for_node(self, raw: bytes) -> Pending | None:
+        """A channel waiting for its txout that involves this node_announcement's node."""
+        try:
+            node_id = pw.NodeAnnouncement.decode(raw).node_id
+        except WireError:
+            return None  # check_node reports it
+        if node_id in self.routing.nodes and self.routing.nodes[node_id].channels:
+            return None
+        return next(
+            (p for p in self.pending.values() if node_id in (p.ann.node_id_1, p.ann.node_id_2)),
+            None,
+        )
 
     # --- relay -------------------------------------------------------------------
 

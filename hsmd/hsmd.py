@@ -21,6 +21,7 @@ import stat
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from bitcointx.core import CMutableTransaction, CTransaction, CTxInWitness, CTxWitness
 from bitcointx.core.script import CScript, CScriptWitness
@@ -31,9 +32,14 @@ from common import subdaemon
 from common.amount import AmountSat
 from common.chainparams import chain_by_hash
 from common.daemon_conn import AsyncDaemonConn, DaemonConnError
+from common.gossip_sign import (
+    channel_announcement_hash,
+    channel_update_hash,
+    node_announcement_hash,
+)
 from common.key_derive import is_valid_pubkey
 from common.scripts import funding_script, p2wpkh
-from common.signature import der_to_compact, script_sig, sign_segwit_input
+from common.signature import der_to_compact, script_sig, sign_hash_compact, sign_segwit_input
 from common.status import FailReason, FatalError, Status
 from hsmd import hsmd_wiregen as wire
 from hsmd.capabilities import MASTER_CAPABILITIES, Capability
@@ -45,6 +51,7 @@ from hsmd.derive import (
     parse_dev_force_channel_secrets,
     parse_dev_force_privkey,
 )
+from wire import peer_wiregen as peer_wire
 from wire.fundamental import WireError
 
 HSM_VERSION = 1
@@ -167,6 +174,7 @@ class Hsmd:
         self.dev = dev
         self.secrets: SecretDeriver | None = None
         self.hrp = "bcrt"
+        self.chain_hash = b""
         self.pins: dict[tuple[bytes, int], FundingPin] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.next_client = 1
@@ -178,6 +186,9 @@ class Hsmd:
             wire.HsmdGetPerCommitmentPoint: self.handle_get_per_commitment_point,
             wire.HsmdSignRemoteCommitmentTx: self.handle_sign_remote_commitment_tx,
             wire.HsmdSignWithdrawal: self.handle_sign_withdrawal,
+            wire.HsmdCannouncementSigReq: self.handle_cannouncement_sig,
+            wire.HsmdCupdateSigReq: self.handle_cupdate_sig,
+            wire.HsmdNodeAnnouncementSigReq: self.handle_node_announcement_sig,
         }
 
     @property
@@ -259,6 +270,7 @@ class Hsmd:
             raise FatalError(FailReason.FATAL_CONFIG, str(exc)) from None
         self.secrets = SecretDeriver(secret, self.dev)
         self.hrp = chain.bech32_hrp
+        self.chain_hash = req.chain_hash
         coin_type = coin_type_for_hrp(self.hrp)
         account = self.secrets.bip32_root().derive_path(f"m/84'/{coin_type}'/0'")
         return wire.HsmdInitReply(
@@ -373,6 +385,78 @@ class Hsmd:
             witnesses.append(CTxInWitness(CScriptWitness([script_sig(der), key.pubkey])))
         tx.wit = CTxWitness(witnesses)
         return wire.HsmdSignWithdrawalReply(tx=tx.serialize()).encode()
+
+    # -- gossip --------------------------------------------------------------------------
+
+    async def handle_cannouncement_sig(
+        self, client: Client, req: wire.HsmdCannouncementSigReq
+    ) -> bytes:
+        """Our node and bitcoin signatures on a channel_announcement for the named channel.
+
+        BOLT #7: `bitcoin_key_1`/`_2` are "`node_id_1` and `node_id_2`'s respective
+        `funding_pubkey`s": our funding key must sit on our node id's side, and the other
+        node id must be the channel's peer, or the signatures would vouch for a stranger."""
+        client.require(Capability.SIGN_GOSSIP)
+        channel = (req.peerid, req.dbid)
+        if not client.is_master and channel != client.channel():
+            raise BadRequest("a client may only sign its own channel's announcement")
+        if not req.dbid:
+            raise BadRequest("dbid 0 names no channel")
+        ann = _decode_gossip(req.ca, peer_wire.ChannelAnnouncement)
+        if ann.chain_hash != self.chain_hash:
+            raise BadRequest("channel_announcement for another chain")
+        ours = self.deriver.node_id()
+        chan = self.deriver.channel_secrets(*channel)
+        expected = (ours, chan.funding_pubkey, req.peerid)
+        sides = (
+            (ann.node_id_1, ann.bitcoin_key_1, ann.node_id_2),
+            (ann.node_id_2, ann.bitcoin_key_2, ann.node_id_1),
+        )
+        if expected not in sides:
+            raise BadRequest("channel_announcement does not hold our node id and funding key")
+        # BOLT #7: "`node_id_1` is the lexicographically-lesser of the two compressed keys".
+        if not ann.node_id_1 < ann.node_id_2:
+            raise BadRequest("channel_announcement node ids are not in ascending order")
+        h = channel_announcement_hash(req.ca)
+        return wire.HsmdCannouncementSigReply(
+            node_signature=sign_hash_compact(self.deriver.node_privkey(), h),
+            bitcoin_signature=sign_hash_compact(chan.funding_privkey, h),
+        ).encode()
+
+    async def handle_cupdate_sig(self, client: Client, req: wire.HsmdCupdateSigReq) -> bytes:
+        """A channel_update of ours, signed with the node key (BOLT #7: "the signature of the
+        double-SHA256 of the entire remaining packet after `signature`")."""
+        client.require(Capability.SIGN_GOSSIP)
+        update = _decode_gossip(req.cu, peer_wire.ChannelUpdate)
+        if update.chain_hash != self.chain_hash:
+            raise BadRequest("channel_update for another chain")
+        sig = sign_hash_compact(self.deriver.node_privkey(), channel_update_hash(req.cu))
+        return wire.HsmdCupdateSigReply(cu=req.cu[:2] + sig + req.cu[2 + len(sig) :]).encode()
+
+    async def handle_node_announcement_sig(
+        self, client: Client, req: wire.HsmdNodeAnnouncementSigReq
+    ) -> bytes:
+        client.require(Capability.SIGN_GOSSIP)
+        ann = _decode_gossip(req.announcement, peer_wire.NodeAnnouncement)
+        if ann.node_id != self.deriver.node_id():
+            raise BadRequest("node_announcement is not for our node id")
+        h = node_announcement_hash(req.announcement)
+        return wire.HsmdNodeAnnouncementSigReply(
+            signature=sign_hash_compact(self.deriver.node_privkey(), h)
+        ).encode()
+
+
+G = TypeVar("G", peer_wire.ChannelAnnouncement, peer_wire.ChannelUpdate, peer_wire.NodeAnnouncement)
+
+
+def _decode_gossip(raw: bytes, kind: type[G]) -> G:
+    try:
+        msg = peer_wire.decode(raw)
+    except WireError as exc:
+        raise BadRequest(f"malformed {kind.NAME}: {exc}") from None
+    if not isinstance(msg, kind):
+        raise BadRequest(f"expected {kind.NAME}, got {type(msg).NAME}")
+    return msg
 
 
 def _parse_tx(raw: bytes) -> CTransaction:

@@ -32,6 +32,8 @@ _S10 = struct.Struct(">HQ")
 _S11 = struct.Struct(">32sHQ33s")
 _S12 = struct.Struct(">H64s")
 _S13 = struct.Struct(">HH")
+_S14 = struct.Struct(">33sQ")
+_S15 = struct.Struct(">H64s64s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -848,6 +850,285 @@ class HsmdSignWithdrawalReply(Message):
 _SET_hsmd_sign_withdrawal_reply = slot_setters(HsmdSignWithdrawalReply)
 
 
+@dataclass(frozen=True, slots=True)
+class HsmdCannouncementSigReq(Message):
+    """Message `hsmd_cannouncement_sig_req` (type 2)."""
+
+    TYPE: ClassVar[int] = 2
+    NAME: ClassVar[str] = "hsmd_cannouncement_sig_req"
+    ca: bytes = field(
+        metadata={"type": "byte", "count": "calen", "optional": False, "maxlen": 65535}
+    )
+    peerid: bytes = field(metadata={"type": "node_id", "count": "", "optional": False})
+    dbid: int = field(metadata={"type": "u64", "count": "", "optional": False})
+    extra: bytes = field(default=b"", metadata={"type": "extra"})
+
+    def encode(self) -> bytes:
+        if len(self.peerid) != 33 or self.peerid[0] not in (2, 3):
+            raise WireError("hsmd_cannouncement_sig_req: peerid bad point")
+        try:
+            return b"".join(
+                (
+                    _S13.pack(2, len(self.ca)),
+                    self.ca,
+                    _S14.pack(self.peerid, self.dbid),
+                    self.extra,
+                )
+            )
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(f"hsmd_cannouncement_sig_req: cannot encode: {e}") from None
+
+    @classmethod
+    def decode(cls, data: bytes) -> HsmdCannouncementSigReq:
+        _b = data if type(data) is bytes else bytes(data)
+        try:
+            _n = len(_b)
+            _t, v_calen = _S13.unpack_from(_b, 0)
+            if _t != 2:
+                raise WireError(f"hsmd_cannouncement_sig_req: wrong type {_t}")
+            _o = 4
+            _e = _o + v_calen
+            if _e > _n:
+                raise WireError("hsmd_cannouncement_sig_req: ca truncated")
+            v_ca = _b[_o:_e]
+            _o = _e
+            v_peerid, v_dbid = _S14.unpack_from(_b, _o)
+            _o += 41
+            if v_peerid[0] not in (2, 3):
+                raise WireError("hsmd_cannouncement_sig_req: peerid is not a valid point")
+        except WireError:
+            raise
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(f"hsmd_cannouncement_sig_req: truncated or invalid: {e}") from None
+        _m = _new(cls)
+        _s = _SET_hsmd_cannouncement_sig_req
+        _s[0](_m, v_ca)
+        _s[1](_m, v_peerid)
+        _s[2](_m, v_dbid)
+        _s[3](_m, _b[_o:])
+        return _m
+
+
+_SET_hsmd_cannouncement_sig_req = slot_setters(HsmdCannouncementSigReq)
+
+
+@dataclass(frozen=True, slots=True)
+class HsmdCannouncementSigReply(Message):
+    """Message `hsmd_cannouncement_sig_reply` (type 102)."""
+
+    TYPE: ClassVar[int] = 102
+    NAME: ClassVar[str] = "hsmd_cannouncement_sig_reply"
+    node_signature: bytes = field(metadata={"type": "signature", "count": "", "optional": False})
+    bitcoin_signature: bytes = field(metadata={"type": "signature", "count": "", "optional": False})
+    extra: bytes = field(default=b"", metadata={"type": "extra"})
+
+    def encode(self) -> bytes:
+        if len(self.node_signature) != 64:
+            raise WireError("hsmd_cannouncement_sig_reply: node_signature must be 64 bytes")
+        if len(self.bitcoin_signature) != 64:
+            raise WireError("hsmd_cannouncement_sig_reply: bitcoin_signature must be 64 bytes")
+        try:
+            return _S15.pack(102, self.node_signature, self.bitcoin_signature) + self.extra
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(f"hsmd_cannouncement_sig_reply: cannot encode: {e}") from None
+
+    @classmethod
+    def decode(cls, data: bytes) -> HsmdCannouncementSigReply:
+        _b = data if type(data) is bytes else bytes(data)
+        try:
+            _t, v_node_signature, v_bitcoin_signature = _S15.unpack_from(_b, 0)
+            if _t != 102:
+                raise WireError(f"hsmd_cannouncement_sig_reply: wrong type {_t}")
+        except WireError:
+            raise
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(f"hsmd_cannouncement_sig_reply: truncated or invalid: {e}") from None
+        _m = _new(cls)
+        _s = _SET_hsmd_cannouncement_sig_reply
+        _s[0](_m, v_node_signature)
+        _s[1](_m, v_bitcoin_signature)
+        _s[2](_m, _b[130:])
+        return _m
+
+
+_SET_hsmd_cannouncement_sig_reply = slot_setters(HsmdCannouncementSigReply)
+
+
+@dataclass(frozen=True, slots=True)
+class HsmdCupdateSigReq(Message):
+    """Message `hsmd_cupdate_sig_req` (type 3)."""
+
+    TYPE: ClassVar[int] = 3
+    NAME: ClassVar[str] = "hsmd_cupdate_sig_req"
+    cu: bytes = field(
+        metadata={"type": "byte", "count": "culen", "optional": False, "maxlen": 65535}
+    )
+    extra: bytes = field(default=b"", metadata={"type": "extra"})
+
+    def encode(self) -> bytes:
+        try:
+            return _S13.pack(3, len(self.cu)) + self.cu + self.extra
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(f"hsmd_cupdate_sig_req: cannot encode: {e}") from None
+
+    @classmethod
+    def decode(cls, data: bytes) -> HsmdCupdateSigReq:
+        _b = data if type(data) is bytes else bytes(data)
+        try:
+            _n = len(_b)
+            _t, v_culen = _S13.unpack_from(_b, 0)
+            if _t != 3:
+                raise WireError(f"hsmd_cupdate_sig_req: wrong type {_t}")
+            _o = 4
+            _e = _o + v_culen
+            if _e > _n:
+                raise WireError("hsmd_cupdate_sig_req: cu truncated")
+            v_cu = _b[_o:_e]
+            _o = _e
+        except WireError:
+            raise
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(f"hsmd_cupdate_sig_req: truncated or invalid: {e}") from None
+        _m = _new(cls)
+        _s = _SET_hsmd_cupdate_sig_req
+        _s[0](_m, v_cu)
+        _s[1](_m, _b[_o:])
+        return _m
+
+
+_SET_hsmd_cupdate_sig_req = slot_setters(HsmdCupdateSigReq)
+
+
+@dataclass(frozen=True, slots=True)
+class HsmdCupdateSigReply(Message):
+    """Message `hsmd_cupdate_sig_reply` (type 103)."""
+
+    TYPE: ClassVar[int] = 103
+    NAME: ClassVar[str] = "hsmd_cupdate_sig_reply"
+    cu: bytes = field(
+        metadata={"type": "byte", "count": "culen", "optional": False, "maxlen": 65535}
+    )
+    extra: bytes = field(default=b"", metadata={"type": "extra"})
+
+    def encode(self) -> bytes:
+        try:
+            return _S13.pack(103, len(self.cu)) + self.cu + self.extra
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(f"hsmd_cupdate_sig_reply: cannot encode: {e}") from None
+
+    @classmethod
+    def decode(cls, data: bytes) -> HsmdCupdateSigReply:
+        _b = data if type(data) is bytes else bytes(data)
+        try:
+            _n = len(_b)
+            _t, v_culen = _S13.unpack_from(_b, 0)
+            if _t != 103:
+                raise WireError(f"hsmd_cupdate_sig_reply: wrong type {_t}")
+            _o = 4
+            _e = _o + v_culen
+            if _e > _n:
+                raise WireError("hsmd_cupdate_sig_reply: cu truncated")
+            v_cu = _b[_o:_e]
+            _o = _e
+        except WireError:
+            raise
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(f"hsmd_cupdate_sig_reply: truncated or invalid: {e}") from None
+        _m = _new(cls)
+        _s = _SET_hsmd_cupdate_sig_reply
+        _s[0](_m, v_cu)
+        _s[1](_m, _b[_o:])
+        return _m
+
+
+_SET_hsmd_cupdate_sig_reply = slot_setters(HsmdCupdateSigReply)
+
+
+@dataclass(frozen=True, slots=True)
+class HsmdNodeAnnouncementSigReq(Message):
+    """Message `hsmd_node_announcement_sig_req` (type 6)."""
+
+    TYPE: ClassVar[int] = 6
+    NAME: ClassVar[str] = "hsmd_node_announcement_sig_req"
+    announcement: bytes = field(
+        metadata={"type": "byte", "count": "annlen", "optional": False, "maxlen": 65535}
+    )
+    extra: bytes = field(default=b"", metadata={"type": "extra"})
+
+    def encode(self) -> bytes:
+        try:
+            return _S13.pack(6, len(self.announcement)) + self.announcement + self.extra
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(f"hsmd_node_announcement_sig_req: cannot encode: {e}") from None
+
+    @classmethod
+    def decode(cls, data: bytes) -> HsmdNodeAnnouncementSigReq:
+        _b = data if type(data) is bytes else bytes(data)
+        try:
+            _n = len(_b)
+            _t, v_annlen = _S13.unpack_from(_b, 0)
+            if _t != 6:
+                raise WireError(f"hsmd_node_announcement_sig_req: wrong type {_t}")
+            _o = 4
+            _e = _o + v_annlen
+            if _e > _n:
+                raise WireError("hsmd_node_announcement_sig_req: announcement truncated")
+            v_announcement = _b[_o:_e]
+            _o = _e
+        except WireError:
+            raise
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(f"hsmd_node_announcement_sig_req: truncated or invalid: {e}") from None
+        _m = _new(cls)
+        _s = _SET_hsmd_node_announcement_sig_req
+        _s[0](_m, v_announcement)
+        _s[1](_m, _b[_o:])
+        return _m
+
+
+_SET_hsmd_node_announcement_sig_req = slot_setters(HsmdNodeAnnouncementSigReq)
+
+
+@dataclass(frozen=True, slots=True)
+class HsmdNodeAnnouncementSigReply(Message):
+    """Message `hsmd_node_announcement_sig_reply` (type 106)."""
+
+    TYPE: ClassVar[int] = 106
+    NAME: ClassVar[str] = "hsmd_node_announcement_sig_reply"
+    signature: bytes = field(metadata={"type": "signature", "count": "", "optional": False})
+    extra: bytes = field(default=b"", metadata={"type": "extra"})
+
+    def encode(self) -> bytes:
+        if len(self.signature) != 64:
+            raise WireError("hsmd_node_announcement_sig_reply: signature must be 64 bytes")
+        try:
+            return _S12.pack(106, self.signature) + self.extra
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(f"hsmd_node_announcement_sig_reply: cannot encode: {e}") from None
+
+    @classmethod
+    def decode(cls, data: bytes) -> HsmdNodeAnnouncementSigReply:
+        _b = data if type(data) is bytes else bytes(data)
+        try:
+            _t, v_signature = _S12.unpack_from(_b, 0)
+            if _t != 106:
+                raise WireError(f"hsmd_node_announcement_sig_reply: wrong type {_t}")
+        except WireError:
+            raise
+        except (struct.error, IndexError, ValueError, TypeError) as e:
+            raise WireError(
+                f"hsmd_node_announcement_sig_reply: truncated or invalid: {e}"
+            ) from None
+        _m = _new(cls)
+        _s = _SET_hsmd_node_announcement_sig_reply
+        _s[0](_m, v_signature)
+        _s[1](_m, _b[66:])
+        return _m
+
+
+_SET_hsmd_node_announcement_sig_reply = slot_setters(HsmdNodeAnnouncementSigReply)
+
+
 MESSAGES: dict[int, type[Message]] = {
     11: HsmdInit,
     111: HsmdInitReply,
@@ -864,6 +1145,12 @@ MESSAGES: dict[int, type[Message]] = {
     112: HsmdSignTxReply,
     7: HsmdSignWithdrawal,
     107: HsmdSignWithdrawalReply,
+    2: HsmdCannouncementSigReq,
+    102: HsmdCannouncementSigReply,
+    3: HsmdCupdateSigReq,
+    103: HsmdCupdateSigReply,
+    6: HsmdNodeAnnouncementSigReq,
+    106: HsmdNodeAnnouncementSigReply,
 }
 BY_NAME: dict[str, type[Message]] = {m.NAME: m for m in MESSAGES.values()}
 SUBTYPES: dict[str, type] = {

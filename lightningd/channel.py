@@ -45,6 +45,12 @@ def scid_to_str(scid: int) -> str:
     return f"{scid >> 40}x{(scid >> 16) & 0xFFFFFF}x{scid & 0xFFFF}"
 
 
+def str_to_scid(text: str) -> int:
+    """The inverse of scid_to_str."""
+    block, txindex, outnum = (int(part) for part in text.split("x"))
+    return (block << 40) | (txindex << 16) | outnum
+
+
 @dataclass
 class Channel:
     dbid: int
@@ -60,6 +66,9 @@ class Channel:
     alias_remote: int | None = None
     channel_ready_sent: bool = False
     channel_ready_received: bool = False
+    # The peer's announcement_signatures (BOLT #7), stored once verified.
+    remote_ann_node_sig: bytes | None = None
+    remote_ann_bitcoin_sig: bytes | None = None
     # The funding tx's depth as the chain topology last told it; not stored.
     depth: int = field(default=0, compare=False)
 
@@ -77,6 +86,11 @@ class Channel:
         if self.opener == LOCAL:
             return self.total - self.opened.push
         return self.opened.push
+
+    @property
+    def public(self) -> bool:
+        """BOLT #2 `announce_channel`: bit 0 of open_channel's `channel_flags`."""
+        return bool(self.opened.channel_flags & 1)
 
     @property
     def lockin_depth(self) -> int:
@@ -284,6 +298,14 @@ def save_lockin(db: Database, channel: Channel) -> None:
     )
 
 
+def save_remote_ann_sigs(db: Database, channel: Channel) -> None:
+    """Store the peer's announcement_signatures."""
+    db.execute(
+        "UPDATE channels SET remote_ann_node_sig = ?, remote_ann_bitcoin_sig = ? WHERE id = ?",
+        (channel.remote_ann_node_sig, channel.remote_ann_bitcoin_sig, channel.dbid),
+    )
+
+
 def load_channels(db: Database) -> list[Channel]:
     """Every stored channel, oldest first."""
     rows = db.query(
@@ -333,6 +355,8 @@ def load_channels(db: Database) -> list[Channel]:
                 alias_remote=_alias_from_db(r["alias_remote"]),
                 channel_ready_sent=bool(r["channel_ready_sent"]),
                 channel_ready_received=bool(r["channel_ready_received"]),
+                remote_ann_node_sig=r["remote_ann_node_sig"],
+                remote_ann_bitcoin_sig=r["remote_ann_bitcoin_sig"],
             )
         )
     return channels

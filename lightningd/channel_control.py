@@ -23,25 +23,51 @@ What it does, as BOLT #2 "The `channel_ready` Message" and "Message Retransmissi
   a reorg that unburies the funding before that sends it back to waiting;
 - on reconnection sends `channel_reestablish` for a channel without updates, checks
   theirs, and then retransmits `channel_ready` (both next_commitment_numbers are 1).
+
+And, for a public channel, BOLT #7 "The `announcement_signatures` Message": once NORMAL with
+the funding six deep, our node and bitcoin signatures (from hsmd) go to the peer, once per
+connection; theirs are verified against the channel_announcement we build and stored; with
+both, the full channel_announcement, our channel_update and our node_announcement go to
+`on_local_gossip` (gossip_control hands them to gossipd).
 """
 
 from __future__ import annotations
 
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from coincurve import PublicKey
 
 from common import channel_type as ctype
 from common.features import Feature, negotiated, our_features
+from common.gossip_sign import (
+    Endpoints,
+    Policy,
+    SidePair,
+    channel_announcement,
+    channel_announcement_hash,
+    channel_update,
+    check_channel_announcement,
+    check_side_signatures,
+    encode_addresses,
+    node_announcement,
+    order_endpoints,
+    with_signature,
+    with_signatures,
+)
 from common.read_peer_msg import make_error, make_warning
 from lightningd.channel import (
     Channel,
     ChannelState,
     save_lockin,
+    save_remote_ann_sigs,
     scid_to_str,
     set_channel_state,
+    str_to_scid,
 )
+from lightningd.hsm_control import HsmError
 from wire import peer_wiregen as wire
 
 if TYPE_CHECKING:
@@ -55,6 +81,13 @@ _OURS = (ChannelState.CHANNELD_AWAITING_LOCKIN, ChannelState.CHANNELD_NORMAL)
 # with a `short_channel_id` of a channel on the same node").
 _ALIAS_MIN_BLOCK = 1 << 23
 _MAX_BLOCK = 1 << 24
+# BOLT #7: "MUST NOT send `announcement_signatures` messages until `channel_ready` has been
+# sent and received AND the funding transaction has at least six confirmations."
+ANNOUNCE_DEPTH = 6
+
+# Takes one signed gossip message of ours (channel_announcement, channel_update,
+# node_announcement), as it goes on the wire.
+LocalGossipHook = Callable[[bytes], Awaitable[None]]
 
 
 def make_scid(blockheight: int, txindex: int, outnum: int) -> int:
@@ -103,6 +136,10 @@ def check_reestablish(msg: wire.ChannelReestablish) -> None:
         raise ReestablishError("bad reestablish: my_current_per_commitment_point is invalid")
 
 
+async def _no_gossipd(msg: bytes) -> None:
+    """The default on_local_gossip: nowhere to send it (the message is already logged)."""
+
+
 class ChannelControl:
     def __init__(self, ld: LightningD) -> None:
         self.ld = ld
@@ -112,6 +149,15 @@ class ChannelControl:
         # Channels owing the peer a channel_ready retransmission once the funding is buried
         # (reestablished while it was not, e.g. during a reorg).
         self._owed: set[int] = set()
+        # Where our own gossip goes: gossip_control sets it (each message is logged too).
+        self.on_local_gossip: LocalGossipHook = _no_gossipd
+        # The connection on which each channel's announcement_signatures went out.
+        self._ann_sigs_sent: dict[int, Peer] = {}
+        # The peer's announcement_signatures that came before we could check them.
+        self._deferred_ann_sigs: dict[int, wire.AnnouncementSignatures] = {}
+        # Channels whose gossip went to on_local_gossip in this run.
+        self._announced: set[int] = set()
+        self._last_timestamp = 0
 
     # -- the hooks -------------------------------------------------------------------------
 
@@ -134,6 +180,7 @@ class ChannelControl:
             if channel.state in _OURS:
                 self._in_sync.pop(channel.dbid, None)
                 self._owed.discard(channel.dbid)
+                self._ann_sigs_sent.pop(channel.dbid, None)
                 await self._send(peer, channel, self.reestablish_msg(channel).encode())
 
     async def channel_message(self, peer: Peer, channel_id: bytes, msg: wire.Message) -> None:
@@ -146,6 +193,8 @@ class ChannelControl:
             await self._got_channel_ready(peer, channel, msg)
         elif isinstance(msg, wire.ChannelReestablish):
             await self._got_reestablish(peer, channel, msg)
+        elif isinstance(msg, wire.AnnouncementSignatures):
+            await self._got_announcement_signatures(peer, channel, msg)
         else:
             self._log(channel).debug(f"Ignoring {msg.NAME}: not handled before lock-in")
 
@@ -173,6 +222,7 @@ class ChannelControl:
             self._log(channel).info(f"Funding tx reached depth {depth}: short_channel_id {scid}")
         await self._send_channel_ready(channel)
         self._maybe_normal(channel)
+        await self._maybe_announce(channel)
 
     def _unburied(self, channel: Channel, previous: int) -> None:
         """Below minimum_depth: still waiting, or a reorg took confirmations away.
@@ -280,6 +330,7 @@ class ChannelControl:
             # The opener "is free to send this message at any time": keep it until ours.
             self._log(channel).info("Got channel_ready before the funding tx is buried: kept")
         self._maybe_normal(channel)
+        await self._maybe_announce(channel)
 
     def _maybe_normal(self, channel: Channel) -> None:
         """Both sent channel_ready, and the funding is buried to minimum_depth."""
@@ -335,6 +386,212 @@ class ChannelControl:
         # the first time.
         await self._send_channel_ready(channel, retransmit=True)
         self._maybe_normal(channel)
+        await self._maybe_announce(channel)
+
+    # -- announcement (BOLT #7) -------------------------------------------------------------
+
+    def _announceable(self, channel: Channel) -> bool:
+        """BOLT #7: "If the `open_channel` message has the `announce_channel` bit set":
+        "After `channel_ready` has been sent and received AND the funding transaction has
+        enough confirmations to ensure that it won't be reorganized"."""
+        return (
+            channel.public
+            and channel.state == ChannelState.CHANNELD_NORMAL
+            and channel.channel_ready_sent
+            and channel.channel_ready_received
+            and channel.short_channel_id is not None
+            and channel.depth >= ANNOUNCE_DEPTH
+        )
+
+    async def _maybe_announce(self, channel: Channel) -> None:
+        """Depth, state or connection changed: send ours, check theirs, announce."""
+        if not self._announceable(channel):
+            return
+        deferred = self._deferred_ann_sigs.pop(channel.dbid, None)
+        if deferred is not None:
+            await self._check_ann_sigs(channel, deferred)
+        await self._send_ann_sigs(channel)
+        await self._announce(channel)
+
+    async def _got_announcement_signatures(
+        self, peer: Peer, channel: Channel, msg: wire.AnnouncementSignatures
+    ) -> None:
+        if not channel.public:
+            await self._send(
+                peer, channel, make_warning(channel.opened.channel_id, "Channel is not public")
+            )
+            return
+        if not self._announceable(channel):
+            # BOLT #7: "If it has not sent `channel_ready`: SHOULD defer handling the
+            # `announcement_signatures` until after it has sent `channel_ready`" (and we
+            # can answer it only at six confirmations).
+            self._deferred_ann_sigs[channel.dbid] = msg
+            self._log(channel).info("Got announcement_signatures early: deferred")
+            return
+        await self._check_ann_sigs(channel, msg)
+        # BOLT #7: "If it receives `announcement_signatures` for the funding transaction:
+        # MUST respond with its own" (once per connection).
+        await self._send_ann_sigs(channel)
+        await self._announce(channel)
+
+    def _unsigned_announcement(
+        self, channel: Channel
+    ) -> tuple[wire.ChannelAnnouncement, Endpoints]:
+        o = channel.opened
+        ends = order_endpoints(
+            self.ld.node_id, channel.peer_id, o.our_funding_pubkey, o.their_funding_pubkey
+        )
+        assert channel.short_channel_id is not None
+        scid = str_to_scid(channel.short_channel_id)
+        # BOLT #7 `features` "based on what features were negotiated for this channel": none
+        # of ours applies to channel_announcement (Core Lightning sends none either).
+        return channel_announcement(self.ld.config.chain.chain_hash, scid, ends), ends
+
+    async def _check_ann_sigs(self, channel: Channel, msg: wire.AnnouncementSignatures) -> None:
+        """Verify the peer's signatures against the announcement we build; store them."""
+        assert channel.short_channel_id is not None
+        if msg.short_channel_id != str_to_scid(channel.short_channel_id):
+            # BOLT #7: "If the `short_channel_id` doesn't match one of its funding
+            # transactions: SHOULD send a `warning`."
+            got = scid_to_str(msg.short_channel_id)
+            await self._warn(channel, f"announcement_signatures for {got}, not ours")
+            return
+        ann, _ = self._unsigned_announcement(channel)
+        h = channel_announcement_hash(ann.encode())
+        theirs = SidePair(msg.node_signature, msg.bitcoin_signature)
+        problem = check_side_signatures(
+            h, channel.peer_id, channel.opened.their_funding_pubkey, theirs
+        )
+        if problem:
+            # BOLT #7: "If the `node_signature` OR the `bitcoin_signature` is NOT correct:
+            # MAY send a `warning` and close the connection" (we warn and ignore it).
+            await self._warn(channel, f"announcement_signatures: {problem}")
+            return
+        if (channel.remote_ann_node_sig, channel.remote_ann_bitcoin_sig) == (
+            theirs.node_signature,
+            theirs.bitcoin_signature,
+        ):
+            self._log(channel).debug("Got announcement_signatures again")
+            return
+        channel.remote_ann_node_sig = theirs.node_signature
+        channel.remote_ann_bitcoin_sig = theirs.bitcoin_signature
+        save_remote_ann_sigs(self.ld.db, channel)
+        self._log(channel).info("Got announcement_signatures")
+
+    async def _our_ann_sigs(
+        self, channel: Channel, ann: wire.ChannelAnnouncement
+    ) -> SidePair | None:
+        try:
+            node_sig, bitcoin_sig = await self.ld.hsm.sign_channel_announcement(
+                ann.encode(), channel.peer_id, channel.dbid
+            )
+        except HsmError as exc:
+            self._log(channel).broken(f"hsmd would not sign the channel_announcement: {exc}")
+            return None
+        return SidePair(node_sig, bitcoin_sig)
+
+    async def _send_ann_sigs(self, channel: Channel) -> None:
+        """Ours, once per connection: BOLT #7 "Upon reconnection ... If it has NOT previously
+        received `announcement_signatures` for the funding transaction: MUST send its own"
+        (we send it on every connection, which that allows)."""
+        peer = self._peer_in_sync(channel)
+        if peer is None or self._ann_sigs_sent.get(channel.dbid) is peer:
+            return
+        self._ann_sigs_sent[channel.dbid] = peer  # before awaiting hsmd: never twice
+        ann, _ = self._unsigned_announcement(channel)
+        ours = await self._our_ann_sigs(channel, ann)
+        msg = None
+        if ours is not None:
+            msg = wire.AnnouncementSignatures(
+                channel_id=channel.opened.channel_id,
+                short_channel_id=ann.short_channel_id,
+                node_signature=ours.node_signature,
+                bitcoin_signature=ours.bitcoin_signature,
+            )
+        if msg is None or not await self._send(peer, channel, msg.encode()):
+            self._ann_sigs_sent.pop(channel.dbid, None)
+            return
+        self._log(channel).info("Sent announcement_signatures")
+
+    async def _announce(self, channel: Channel) -> None:
+        """BOLT #7: "If it has sent AND received a valid `announcement_signatures` message:
+        If the funding transaction has at least 6 confirmations: SHOULD queue the
+        `channel_announcement` message for its peers"; with it our channel_update and, as the
+        channel makes our node known, our node_announcement."""
+        if channel.dbid in self._announced or channel.remote_ann_node_sig is None:
+            return
+        assert channel.remote_ann_bitcoin_sig is not None
+        self._announced.add(channel.dbid)
+        ann, ends = self._unsigned_announcement(channel)
+        ours = await self._our_ann_sigs(channel, ann)
+        if ours is None:
+            self._announced.discard(channel.dbid)
+            return
+        theirs = SidePair(channel.remote_ann_node_sig, channel.remote_ann_bitcoin_sig)
+        full = with_signatures(ann, ends, ours, theirs)
+        problem = check_channel_announcement(full)
+        if problem:  # hsmd's or our own bug: never gossip a bad announcement
+            self._log(channel).broken(f"Our channel_announcement has a {problem}")
+            return
+        try:
+            update = await self._signed_channel_update(channel, ends)
+            node_ann = await self._signed_node_announcement()
+        except HsmError as exc:
+            self._log(channel).broken(f"hsmd would not sign our gossip: {exc}")
+            self._announced.discard(channel.dbid)
+            return
+        self._log(channel).info("Announcing the channel")
+        for msg in (full.encode(), update, node_ann):
+            self.ld.log.debug("lightningd", f"Local gossip {wire.decode(msg).NAME}: {msg.hex()}")
+            await self.on_local_gossip(msg)
+
+    def _policy(self, channel: Channel) -> Policy:
+        """Core Lightning's default fees and cltv delta. BOLT #7 `htlc_maximum_msat`: "less
+        than or equal to the channel capacity", "less than or equal to
+        `max_htlc_value_in_flight_msat` it received from the peer"; the peer's
+        `htlc_minimum_msat` binds the HTLCs we offer it, as does ours from the config."""
+        o, cfg = channel.opened, self.ld.config
+        maximum = min(o.funding.to_msat().msat, o.their_config.max_htlc_value_in_flight.msat)
+        if cfg.htlc_maximum_msat is not None:
+            maximum = min(maximum, cfg.htlc_maximum_msat)
+        # "MUST set `htlc_minimum_msat` to less than or equal to `htlc_maximum_msat`".
+        minimum = min(max(cfg.htlc_minimum_msat, o.their_config.htlc_minimum.msat), maximum)
+        return Policy(htlc_minimum_msat=minimum, htlc_maximum_msat=maximum)
+
+    def _next_timestamp(self) -> int:
+        """BOLT #7 timestamps: "greater than any previous" one we created."""
+        self._last_timestamp = max(int(time.time()), self._last_timestamp + 1)
+        return self._last_timestamp
+
+    async def _signed_channel_update(self, channel: Channel, ends: Endpoints) -> bytes:
+        assert channel.short_channel_id is not None
+        update = channel_update(
+            self.ld.config.chain.chain_hash,
+            str_to_scid(channel.short_channel_id),
+            self._next_timestamp(),
+            ends.direction,
+            self._policy(channel),
+        )
+        return await self.ld.hsm.sign_channel_update(update.encode())
+
+    async def _signed_node_announcement(self) -> bytes:
+        addrs = encode_addresses((a.kind, a.host, a.port) for a in self.ld.announced_addresses())
+        ann = node_announcement(
+            self.ld.node_id,
+            self._next_timestamp(),
+            self.ld.color,
+            self.ld.alias,
+            addrs,
+            our_features(),
+        )
+        sig = await self.ld.hsm.sign_node_announcement(ann.encode())
+        return with_signature(ann, sig).encode()
+
+    async def _warn(self, channel: Channel, text: str) -> None:
+        self._log(channel).unusual(f"{text}: sending warning")
+        peer = self.ld.peers.peers.get(channel.peer_id)
+        if peer is not None:
+            await self._send(peer, channel, make_warning(channel.opened.channel_id, text))
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -94,6 +94,13 @@ CREATE TABLE channels (
     -- Lock-in: whether we sent channel_ready and whether we received theirs.
     channel_ready_sent INTEGER NOT NULL DEFAULT 0 CHECK (channel_ready_sent IN (0, 1)),
     channel_ready_received INTEGER NOT NULL DEFAULT 0 CHECK (channel_ready_received IN (0, 1)),
+    -- BOLT #7 announcement_signatures: the peer's node and bitcoin signatures on the
+    -- channel_announcement (64-byte compact), NULL until a valid one arrived. Ours are not
+    -- stored: hsmd signs the same announcement again whenever we (re)send it.
+    remote_ann_node_sig BLOB
+        CHECK (remote_ann_node_sig IS NULL OR length(remote_ann_node_sig) = 64),
+    remote_ann_bitcoin_sig BLOB
+        CHECK (remote_ann_bitcoin_sig IS NULL OR length(remote_ann_bitcoin_sig) = 64),
 
     last_tx BLOB,   -- our latest commitment tx, so we can always go on-chain
     last_sig BLOB,  -- their signature on it

@@ -126,6 +126,29 @@ class HsmControl:
         reply = await self.request(wire.HsmdEcdhReq(point=point), wire.HsmdEcdhResp)
         return reply.ss
 
+    async def sign_channel_announcement(
+        self, announcement: bytes, peer_id: bytes, dbid: int
+    ) -> tuple[bytes, bytes]:
+        """Our node_signature and bitcoin_signature on a channel_announcement."""
+        reply = await self.request(
+            wire.HsmdCannouncementSigReq(ca=announcement, peerid=peer_id, dbid=dbid),
+            wire.HsmdCannouncementSigReply,
+        )
+        return reply.node_signature, reply.bitcoin_signature
+
+    async def sign_channel_update(self, update: bytes) -> bytes:
+        """The channel_update, signed."""
+        reply = await self.request(wire.HsmdCupdateSigReq(cu=update), wire.HsmdCupdateSigReply)
+        return reply.cu
+
+    async def sign_node_announcement(self, announcement: bytes) -> bytes:
+        """The node_announcement's signature."""
+        reply = await self.request(
+            wire.HsmdNodeAnnouncementSigReq(announcement=announcement),
+            wire.HsmdNodeAnnouncementSigReply,
+        )
+        return reply.signature
+
     async def stop(self) -> None:
         """Close hsmd's socket; it exits when it sees the master has gone."""
         if self.subd is not None:

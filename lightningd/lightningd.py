@@ -106,6 +106,8 @@ class LightningD:
         self.opening = OpeningControl(self)
         self.gossip = GossipControl(self)
         self.channel_control = ChannelControl(self)
+        # Our own announcements, once signed, go to gossipd to be checked and spread.
+        self.channel_control.on_local_gossip = self.gossip.local_gossip
         self.channels: list[Channel] = []
         self.bitcoind = Bitcoind.from_config(config, log)
         self.topology: ChainTopology | None = None

@@ -194,6 +194,10 @@ class PeerControl:
         if isinstance(event, Deliver) and isinstance(event.msg, wire.OpenChannel):
             await self.ld.opening.peer_open_channel(peer, raw)
             return HANDED_OVER if peer.conn is None else None
+        if isinstance(event, Deliver) and isinstance(event.msg, wire.AnnouncementSignatures):
+            # In the gossip range, but about our own channel: lightningd's, not gossipd's.
+            await self.ld.channel_control.channel_message(peer, event.msg.channel_id, event.msg)
+            return None
         if isinstance(event, Deliver) and event.msg.TYPE in GOSSIP_TYPES:
             await self.ld.gossip.peer_gossip(peer, raw)
             return None
