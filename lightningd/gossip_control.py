@@ -19,7 +19,7 @@ from common.daemon_conn import DaemonConnError
 from common.features import Feature, negotiated, our_features
 from gossipd import gossipd_wiregen as wire
 from lightningd.bitcoind import BitcoindError, BitcoindUnreachable
-from lightningd.chaintopology import parse_block
+from lightningd.chaintopology import Block, parse_block
 from lightningd.jsonrpc import Param, RpcError, param_node_id, param_string
 from lightningd.jsonrpc_errors import LIGHTNINGD
 from lightningd.subd import Subd
@@ -49,6 +49,9 @@ class GossipControl:
     def __init__(self, ld: LightningD) -> None:
         self.ld = ld
         self.subd: Subd | None = None
+        # Funding outpoints we confirmed to gossipd: (txid, outnum) -> short_channel_id.
+        # Kept for this run only; channels gossipd reloads from its store are not watched.
+        self.funding_outpoints: dict[tuple[bytes, int], int] = {}
         self._lock = asyncio.Lock()
         self._reply: asyncio.Future[Any] | None = None
 
@@ -73,6 +76,8 @@ class GossipControl:
             )
         )
         self.ld.log.info(SOURCE, f"gossipd started with {reply.channels_loaded} channels")
+        if self.ld.topology is not None:
+            self.ld.topology.add_block_listener(self._block)
 
     async def stop(self) -> None:
         if self.subd is not None:
@@ -144,14 +149,28 @@ class GossipControl:
             txs = parse_block(await self.ld.bitcoind.getrawblock(block_hash)).txs
             if txindex >= len(txs):
                 return None, b""
-            out = await self.ld.bitcoind.gettxout(bytes(txs[txindex].GetTxid()), outnum)
+            txid = bytes(txs[txindex].GetTxid())
+            out = await self.ld.bitcoind.gettxout(txid, outnum)
         except (BitcoindError, BitcoindUnreachable) as exc:
             self.ld.log.unusual(SOURCE, f"cannot check funding output {scid}: {exc}")
             return None, b""
         if out is None:
             return None, b""
         sat = round(float(out["value"]) * 100_000_000)
+        self.funding_outpoints[(txid, outnum)] = scid
         return AmountSat(sat), bytes.fromhex(out["scriptPubKey"]["hex"])
+
+    async def _block(self, block: Block, height: int) -> None:
+        """BOLT #7: a channel whose funding output is spent is closed: tell gossipd."""
+        spent = [
+            self.funding_outpoints.pop(key)
+            for tx in block.txs
+            for txin in tx.vin
+            if (key := (bytes(txin.prevout.hash), txin.prevout.n)) in self.funding_outpoints
+        ]
+        if spent:
+            self.ld.log.debug(SOURCE, f"block {height} closes {len(spent)} announced channels")
+            await self._send(wire.GossipdOutpointsSpent(short_channel_ids=tuple(spent)))
 
     # -- peers -----------------------------------------------------------------------------
 
