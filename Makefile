@@ -9,7 +9,7 @@ WIRE_CSVS := wire/peer_wire.csv $(wildcard common/*_wire.csv hsmd/*_wire.csv ope
 WIRE_GEN := $(WIRE_CSVS:_wire.csv=_wiregen.py)
 BOLTS := $(wildcard doc/bolts/0*.md)
 
-.PHONY: setup wire check-wire lint format test check run clean
+.PHONY: setup wire check-wire lint format test check run bench clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ check: check-wire lint test
 # The main job: two lightningd nodes on regtest open a channel up to CHANNELD_NORMAL.
 run: setup
 	$(PY) -m contrib.regtest_demo
+
+# Benchmarks print a table and write bench/results/<time>.json (see bench/README.md).
+bench: setup
+	$(PY) -m bench.run_all
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
