@@ -102,7 +102,9 @@ def main() -> int:
             alice, bob = nodes
             chain.generate(1, alice.cli("newaddr")["bech32"])
             chain.generate(100, ELSEWHERE)
-            wait("alice's funds", lambda: alice.cli("listfunds")["outputs"])
+            # The coinbase is spendable once alice's wallet has seen the blocks maturing it.
+            tip = chain.rpc("getblockcount")
+            wait("alice to sync", lambda: alice.cli("getinfo")["blockheight"] == tip)
             bob_id = bob.cli("getinfo")["id"]
             alice.cli("connect", f"{bob_id}@127.0.0.1:{bob.port}", show=True)
             funded = alice.cli("fundchannel", bob_id, "500000sat", show=True)

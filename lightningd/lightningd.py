@@ -32,6 +32,7 @@ from lightningd.log import NodeLog
 from lightningd.opening_control import OpeningControl
 from lightningd.options import Config, EarlyExit, OptionError, parse_options
 from lightningd.peer_control import PING_INTERVAL, NetAddress, PeerControl
+from lightningd.subd import start_zygote
 from lightningd.wallet import Wallet
 
 SOURCE = "lightningd"
@@ -124,6 +125,9 @@ class LightningD:
     async def start(self) -> None:
         cfg = self.config
         os.makedirs(cfg.network_dir, mode=0o700, exist_ok=True)
+        # Every subdaemon, hsmd first, forks from the fork server in milliseconds and shares
+        # its imported code (lightningd/zygote.py); waiting for it costs ~0.3 s once.
+        await asyncio.get_running_loop().run_in_executor(None, start_zygote, True)
         for name in cfg.ignored_dev_options:
             self.log.unusual(SOURCE, f"Option {name} accepted but not implemented: ignoring it")
         try:

@@ -20,7 +20,16 @@ from common.daemon_conn import AsyncDaemonConn, DaemonConnError
 from common.status import LogLevel, reason_from_exit_code
 from common.subdaemon import REQ_FD
 from lightningd.log import NodeLog
+from lightningd.zygote import ZygoteError, start_zygote, stop_zygote, zygote_spawn
 from wire.fundamental import WireError
+
+__all__ = [
+    "Subd",
+    "posix_spawn_subdaemon",
+    "spawn_subdaemon",
+    "start_zygote",
+    "stop_zygote",
+]
 
 # Above every fixed number a subdaemon expects, so placing one never
 # overwrites another that is still to be placed.
@@ -32,7 +41,18 @@ def spawn_subdaemon(module: str, fds: dict[int, int], args: list[str] | None = N
 
     The caller keeps ownership of the descriptors it passed; nothing else of
     the master's leaks into the child (Python opens everything close-on-exec).
+    The process is forked from the zygote when it can be (lightningd/zygote.py:
+    a few milliseconds instead of a fresh interpreter), else posix_spawned; it
+    is this process's child either way, to be reaped with os.waitpid().
     """
+    try:
+        return zygote_spawn(module, fds, list(args or []))
+    except ZygoteError:
+        return posix_spawn_subdaemon(module, fds, args)
+
+
+def posix_spawn_subdaemon(module: str, fds: dict[int, int], args: list[str] | None = None) -> int:
+    """spawn_subdaemon the slow way: a fresh interpreter."""
     staged = {
         target: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _STAGING_MIN_FD)
         for target, fd in fds.items()

@@ -1,0 +1,317 @@
+"""Subdaemons forked from the zygote (lightningd/zygote.py) instead of a fresh interpreter.
+
+Whichever way a subdaemon starts, it must look the same to it and to lightningd: its
+sockets at their numbers and nothing else, its status messages arriving, and lightningd
+(here: this test process) reaping it with os.waitpid() and seeing how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from common import status_wiregen as status_wire
+from common.daemon_conn import DaemonConn, DaemonConnClosed
+from common.status import FailReason, LogLevel
+from common.subdaemon import HSM_FD, PEER_FD, REQ_FD
+from lightningd import subd as subd_mod
+from lightningd import zygote as zygote_mod
+from lightningd.log import NodeLog
+from lightningd.subd import Subd, spawn_subdaemon, start_zygote, stop_zygote
+from lightningd.zygote import current_zygote
+
+ROOT = Path(__file__).resolve().parent.parent
+STATUS = "tests.status_subdaemon"
+WAIT = ["--developer", "--dev-behaviour=wait-for-master"]
+
+
+@pytest.fixture
+def zygote():
+    saved = zygote_mod._disabled
+    z = start_zygote()
+    assert z is not None and z.ready
+    yield z
+    stop_zygote()
+    zygote_mod._disabled = saved
+
+
+def forked_from_zygote(pid: int) -> bool:
+    """A zygote child keeps the zygote's command line; a posix_spawned one has its own.
+
+    Only for a live process: a zombie's command line is empty.
+    """
+    return b"lightningd.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def spawn(module: str, fds: dict[int, int], args: list[str]) -> int:
+    """spawn_subdaemon, checking that it went through the zygote."""
+    z = current_zygote()
+    assert z is not None
+    before = z.spawned
+    pid = spawn_subdaemon(module, fds, args)
+    assert z.spawned == before + 1
+    return pid
+
+
+def spawn_status(*args: str) -> tuple[int, DaemonConn]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        pid = spawn(STATUS, {REQ_FD: theirs.fileno()}, list(args))
+    finally:
+        theirs.close()
+    return pid, DaemonConn(ours)
+
+
+def exit_code(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def first_status(conn: DaemonConn):
+    conn.sock.settimeout(10)
+    return status_wire.decode(conn.recv())
+
+
+def test_fds_at_their_numbers_and_nothing_else(zygote):
+    pairs = [socket.socketpair() for _ in range(4)]
+    theirs = {REQ_FD: pairs[0][1], PEER_FD: pairs[1][1], 4: pairs[2][1], HSM_FD: pairs[3][1]}
+    want = [os.readlink(f"/proc/self/fd/{s.fileno()}") for s in theirs.values()]
+    pid = spawn(STATUS, {n: s.fileno() for n, s in theirs.items()}, WAIT)
+    for s in theirs.values():
+        s.close()
+    try:
+        assert first_status(DaemonConn(pairs[0][0])).entry == "started"
+        fd_dir = Path(f"/proc/{pid}/fd")
+        have = {int(p.name): os.readlink(p) for p in fd_dir.iterdir()}
+        # 1 and 2 are ours (inherited, as posix_spawn would); the rest exactly as asked.
+        assert set(have) == {0, 1, 2, PEER_FD, 4, HSM_FD}
+        for n in (1, 2):
+            assert have[n] == os.readlink(f"/proc/self/fd/{n}")
+        assert [have[n] for n in (0, PEER_FD, 4, HSM_FD)] == want
+        # Our child, to reap; not the zygote's.
+        assert f"PPid:\t{os.getpid()}\n" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        assert exit_code(pid) == -signal.SIGKILL
+        for a, _ in pairs:
+            a.close()
+
+
+def test_fd_identity(zygote):
+    """What we put at fd 3 is what the subdaemon has at fd 3 (same open file)."""
+    req_ours, req_theirs = socket.socketpair()
+    peer_ours, peer_theirs = socket.socketpair()
+    want = os.readlink(f"/proc/self/fd/{peer_theirs.fileno()}")
+    pid = spawn(STATUS, {REQ_FD: req_theirs.fileno(), PEER_FD: peer_theirs.fileno()}, WAIT)
+    req_theirs.close()
+    peer_theirs.close()
+    assert first_status(DaemonConn(req_ours)).entry == "started"
+    assert os.readlink(f"/proc/{pid}/fd/{PEER_FD}") == want
+    req_ours.close()  # EOF: the subdaemon ends quietly
+    assert exit_code(pid) == 0
+    peer_ours.close()
+
+
+def test_status_messages_and_exit_codes(zygote):
+    pid, conn = spawn_status("--developer", "--dev-behaviour=fatal")
+    msgs = []
+    with contextlib.suppress(DaemonConnClosed):
+        while True:
+            msgs.append(first_status(conn))
+    assert msgs[0] == status_wire.StatusLog(LogLevel.INFO, None, "started", b"")
+    assert isinstance(msgs[-1], status_wire.StatusFail)
+    assert msgs[-1].desc == "hsmd went silent"
+    assert exit_code(pid) == 0x80 | FailReason.HSM_IO
+
+    pid, conn = spawn_status("--developer", "--dev-behaviour=crash")
+    assert exit_code(pid) == 0x80 | FailReason.INTERNAL_ERROR
+
+    pid, conn = spawn_status()
+    assert first_status(conn).entry == "started"
+    assert exit_code(pid) == 0
+
+    pid, conn = spawn_status("--bogus")  # usage error: SystemExit(2), as python -m would
+    assert exit_code(pid) == 2
+
+    pid, conn = spawn_status(*WAIT)
+    assert first_status(conn).entry == "started"
+    os.kill(pid, signal.SIGKILL)
+    assert exit_code(pid) == -signal.SIGKILL
+
+    pid, conn = spawn_status(*WAIT)
+    assert first_status(conn).entry == "started"
+    os.kill(pid, signal.SIGTERM)  # default disposition restored in the child
+    assert exit_code(pid) == -signal.SIGTERM
+
+
+def test_subd_supervision_through_zygote(zygote):
+    async def main():
+        log = NodeLog(LogLevel.DEBUG, [])
+        died: asyncio.Queue[Subd] = asyncio.Queue()
+
+        async def on_message(msg: bytes, fds: list[int]) -> None:
+            pass
+
+        async def on_death(subd: Subd) -> None:
+            await died.put(subd)
+
+        subd = Subd.start("testd", STATUS, {}, WAIT, log, None, on_message, on_death)
+        assert forked_from_zygote(subd.pid)
+        await asyncio.sleep(0.2)
+        os.kill(subd.pid, signal.SIGKILL)
+        dead = await asyncio.wait_for(died.get(), 10)
+        assert dead is subd and subd.exit_code == -signal.SIGKILL
+        return "\n".join(log.tail())
+
+    lines = asyncio.run(main())
+    assert "testd: started" in lines
+    assert f"exited with -{signal.SIGKILL}" in lines
+
+
+def test_many_spawns(zygote):
+    started = [spawn_status(*WAIT) for _ in range(60)]
+    assert len({pid for pid, _ in started}) == 60
+    for _, conn in started:
+        assert first_status(conn).entry == "started"
+    for _, conn in started:
+        conn.sock.close()
+    assert [exit_code(pid) for pid, _ in started] == [0] * 60
+
+
+def test_peer_handover_through_zygote(zygote, monkeypatch):
+    from tests import test_peer_handover
+
+    pids = []
+
+    def recording(module, fds, args=None):
+        pid = spawn(module, fds, args or [])
+        pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(test_peer_handover, "spawn_subdaemon", recording)
+    test_peer_handover.test_connection_moves_to_subdaemon_and_back()
+    assert len(pids) == 1
+
+
+def test_fallback_when_zygote_killed(zygote):
+    os.kill(zygote.pid, signal.SIGKILL)
+    time.sleep(0.1)
+    for _ in range(3):
+        ours, theirs = socket.socketpair()
+        pid = spawn_subdaemon(STATUS, {REQ_FD: theirs.fileno()}, WAIT)
+        theirs.close()
+        conn = DaemonConn(ours)
+        assert first_status(conn).entry == "started"
+        assert not forked_from_zygote(pid)  # posix_spawned (and alive: it waits for us)
+        ours.close()
+        assert exit_code(pid) == 0
+    assert zygote.dead and zygote.spawned == 0
+    # An explicit start brings it back.
+    again = start_zygote()
+    assert again is not None and again is not zygote and again.ready
+    pid, conn = spawn_status()
+    assert first_status(conn).entry == "started"
+    assert exit_code(pid) == 0
+
+
+def test_posix_spawn_when_stopped():
+    saved = zygote_mod._disabled
+    stop_zygote()
+    try:
+        ours, theirs = socket.socketpair()
+        pid = subd_mod.spawn_subdaemon(STATUS, {REQ_FD: theirs.fileno()}, WAIT)
+        theirs.close()
+        assert first_status(DaemonConn(ours)).entry == "started"
+        assert not forked_from_zygote(pid)
+        assert current_zygote() is None
+        ours.close()
+        assert exit_code(pid) == 0
+    finally:
+        zygote_mod._disabled = saved
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_subdaemon_and_zygote_die_with_lightningd():
+    """PR_SET_PDEATHSIG must tie the subdaemon to lightningd, not to the zygote's
+    short-lived intermediate: a subdaemon whose master socket stays open elsewhere
+    still dies when lightningd is killed. The zygote dies with it too."""
+    ours, theirs = socket.socketpair()
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from lightningd.subd import spawn_subdaemon, start_zygote
+        z = start_zygote()
+        pid = spawn_subdaemon({STATUS!r}, {{0: {theirs.fileno()}}}, {WAIT!r})
+        print(z.pid, pid, int(b"lightningd.zygote" in open(f"/proc/{{pid}}/cmdline", "rb").read()),
+              flush=True)
+        time.sleep(60)
+        """
+    )
+    fake_ld = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        pass_fds=[theirs.fileno()],
+    )
+    theirs.close()
+    pid = zpid = 0
+    try:
+        assert fake_ld.stdout is not None
+        zpid, pid, forked = map(int, fake_ld.stdout.readline().split())
+        assert forked == 1
+        conn = DaemonConn(ours)
+        assert first_status(conn).entry == "started"
+        assert _alive(pid) and _alive(zpid)
+        fake_ld.kill()
+        fake_ld.wait(10)
+        # The master socket is still open here: only PDEATHSIG can have ended it.
+        readable, _, _ = select.select([ours], [], [], 10)
+        assert readable
+        with pytest.raises(DaemonConnClosed):
+            conn.recv()
+        deadline = time.monotonic() + 10
+        while (_alive(pid) or _alive(zpid)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(pid) and not _alive(zpid)
+    finally:
+        fake_ld.kill()
+        fake_ld.wait(10)
+        ours.close()
+        for p in (pid, zpid):  # reparented to us if we are a subreaper: reap
+            if p:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(p, os.WNOHANG)
+
+
+@pytest.mark.parametrize("module", ["openingd.openingd", "gossipd.gossipd"])
+def test_preloaded_subdaemon_runs_its_main(zygote, module):
+    """Preloaded modules run their `__main__` block in the already imported module."""
+    assert module in zygote_mod.PRELOAD
+    ours, theirs = socket.socketpair()
+    pid = spawn(module, {REQ_FD: theirs.fileno()}, [])
+    theirs.close()
+    conn = DaemonConn(ours)
+    conn.send(b"\x00\x00")  # no valid init: it says why and gives up
+    fail = first_status(conn)
+    assert isinstance(fail, status_wire.StatusFail)
+    assert "init" in fail.desc
+    assert exit_code(pid) == 0x80 | fail.failreason
+    ours.close()
