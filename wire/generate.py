@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wire import fundamental
+
 # Fixed-size integers: struct code, size, Python type.
 INT_TYPES: dict[str, str] = {
     "byte": "B",
@@ -59,21 +61,9 @@ VAR_TYPES: dict[str, tuple[str, str, str]] = {
     "psbt": ("decode_blob", "encode_blob", "bytes"),
     "blob": ("decode_blob", "encode_blob", "bytes"),
 }
-RUNTIME_HELPERS = [
-    "WireError",
-    "decode_bigsize",
-    "decode_blob",
-    "decode_message",
-    "decode_tu",
-    "decode_wirestring",
-    "encode_bigsize",
-    "encode_blob",
-    "encode_tlv_stream",
-    "encode_tu",
-    "encode_wirestring",
-    "read_tlv_records",
-    "slot_setters",
-]
+# What generated code may import from the runtime: all it exports, less the two names the
+# header handles itself (Message always; UnknownMessageError only the runtime raises).
+RUNTIME_HELPERS = [n for n in fundamental.__all__ if n not in ("Message", "UnknownMessageError")]
 # Decoders turn every low-level failure on bad input into WireError.
 CATCH = "(struct.error, IndexError, ValueError, TypeError)"
 
