@@ -9,6 +9,7 @@ master can tell a deliberate failure from a crash.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from common import status_wiregen as wire
-from common.daemon_conn import DaemonConnError
+from common.daemon_conn import AsyncDaemonConn, DaemonConnError
 
 
 class LogLevel(enum.IntEnum):
@@ -114,3 +115,19 @@ class Status:
         except (DaemonConnError, OSError):
             print(f"status_failed({reason.name}): {desc}", file=sys.stderr)
         os._exit(exit_code(reason))
+
+
+def async_sender(conn: AsyncDaemonConn) -> Callable[[bytes], None]:
+    """A Status `send` for an asyncio daemon: each line is queued as a write on its loop.
+
+    The pending writes are held here: asyncio keeps only weak references to tasks, and a
+    log line must not vanish before it is written.
+    """
+    pending: set[asyncio.Task[None]] = set()
+
+    def send(msg: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(conn.send(msg))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    return send

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from common import subdaemon
 from common.daemon_conn import AsyncDaemonConn
-from common.status import Status
+from common.status import Status, async_sender
 from gossipd import gossipd_wiregen as gw
 from gossipd.gossip_store import GossipStore, channel_amount_msg, parse_channel_amount
 from gossipd.routing import (
@@ -516,15 +516,6 @@ def listnodes(routing: Routing, node_id: bytes | None) -> bytes:
 
 # ---------------------------------------------------------------------------
 # main
-
-
-def async_sender(conn: AsyncDaemonConn) -> Callable[[bytes], None]:
-    """Status lines go out on the master socket, queued on the loop."""
-
-    def send(msg: bytes) -> None:
-        asyncio.get_running_loop().create_task(conn.send(msg))
-
-    return send
 
 
 async def run_gossipd(sub: subdaemon.Subdaemon) -> None:

@@ -40,7 +40,7 @@ from common.gossip_sign import (
 from common.key_derive import is_valid_pubkey
 from common.scripts import funding_script, p2wpkh
 from common.signature import der_to_compact, script_sig, sign_hash_compact, sign_segwit_input
-from common.status import FailReason, FatalError, Status
+from common.status import FailReason, FatalError, Status, async_sender
 from hsmd import hsmd_wiregen as wire
 from hsmd.capabilities import MASTER_CAPABILITIES, Capability
 from hsmd.derive import (
@@ -468,15 +468,6 @@ def _parse_tx(raw: bytes) -> CTransaction:
 
 # ---------------------------------------------------------------------------
 # main
-
-
-def async_sender(conn: AsyncDaemonConn) -> Callable[[bytes], None]:
-    """Status lines from hsmd go out on the master socket, queued on the loop."""
-
-    def send(msg: bytes) -> None:
-        asyncio.get_running_loop().create_task(conn.send(msg))
-
-    return send
 
 
 async def run_hsmd(sub: subdaemon.Subdaemon) -> None:
