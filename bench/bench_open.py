@@ -18,7 +18,6 @@ Run: .venv/bin/python -m bench.bench_open [--opens 8] [--concurrent 5,10] [--jso
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 
@@ -27,6 +26,7 @@ from bench.benchlib import (
     FAST,
     chain,
     children,
+    emit,
     fund,
     node_memory,
     proc_name,
@@ -189,11 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"sequential": sequential(args.opens), "concurrent": []}
     for n in [int(x) for x in args.concurrent.split(",") if x]:
         out["concurrent"].append(concurrent(n))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-    print(json.dumps(out, indent=2))
-    return out
+    return emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ Run: .venv/bin/python -m bench.bench_startup [--runs 7] [--json FILE]
 from __future__ import annotations
 
 import argparse
-import json
 
-from bench.benchlib import FAST, Node, chain, start_to_rpc_ready, stats
+from bench.benchlib import FAST, Node, chain, emit, start_to_rpc_ready, stats
 
 
 def measure(runs: int) -> dict:
@@ -47,11 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     out = measure(args.runs)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-    print(json.dumps(out, indent=2))
-    return out
+    return emit(out, args.json)
 
 
 if __name__ == "__main__":

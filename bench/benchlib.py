@@ -7,6 +7,7 @@ plus `--developer --dev-bitcoind-poll=1` so chain events are seen within a secon
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import sys
@@ -197,3 +198,12 @@ def start_to_rpc_ready(node: Node, timeout: float = 60) -> float:
             if time.perf_counter() > deadline:
                 raise TimeoutError("lightningd did not answer getinfo") from None
             time.sleep(0.002)
+
+
+def emit(out: dict, json_path: str | None) -> dict:
+    """A benchmark script's result: printed as JSON, and written to `json_path` if given."""
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(out, f, indent=2)
+    print(json.dumps(out, indent=2))
+    return out
