@@ -9,7 +9,7 @@ WIRE_CSVS := wire/peer_wire.csv $(wildcard common/*_wire.csv hsmd/*_wire.csv ope
 WIRE_GEN := $(WIRE_CSVS:_wire.csv=_wiregen.py)
 BOLTS := $(wildcard doc/bolts/0*.md)
 
-.PHONY: setup wire check-wire lint format test check run bench clean
+.PHONY: setup bytecode wire check-wire lint format test check run bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
+
+# Every process imports the daemon's modules: from cached bytecode that is ~35 MB and ~0.3 s
+# less per node than compiling them at each start, which happens wherever bytecode is not
+# written on import (PYTHONDONTWRITEBYTECODE). compileall only rewrites stale files.
+DAEMON_PKGS := common wire lightningd openingd hsmd gossipd cli contrib bench
+
+bytecode: $(STAMP)
+	$(PY) -m compileall -q -j0 $(DAEMON_PKGS) > /dev/null
 
 # The peer-protocol CSV is extracted from the BOLT markdown, then every CSV is compiled.
 wire/peer_wire.csv: $(BOLTS) wire/extract_bolts.py
@@ -44,17 +52,17 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: $(STAMP)
+test: $(STAMP) bytecode
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 check: check-wire lint test
 
 # The main job: two lightningd nodes on regtest open a channel up to CHANNELD_NORMAL.
-run: setup
+run: setup bytecode
 	$(PY) -m contrib.regtest_demo
 
 # Benchmarks print a table and write bench/results/<time>.json (see bench/README.md).
-bench: setup
+bench: setup bytecode
 	$(PY) -m bench.run_all
 
 clean:

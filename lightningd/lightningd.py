@@ -32,7 +32,7 @@ from lightningd.log import NodeLog
 from lightningd.opening_control import OpeningControl
 from lightningd.options import Config, EarlyExit, OptionError, parse_options
 from lightningd.peer_control import PING_INTERVAL, NetAddress, PeerControl
-from lightningd.subd import start_zygote
+from lightningd.subd import fork_zygote, start_zygote
 from lightningd.wallet import Wallet
 
 SOURCE = "lightningd"
@@ -125,8 +125,8 @@ class LightningD:
     async def start(self) -> None:
         cfg = self.config
         os.makedirs(cfg.network_dir, mode=0o700, exist_ok=True)
-        # Every subdaemon, hsmd first, forks from the fork server in milliseconds and shares
-        # its imported code (lightningd/zygote.py); waiting for it costs ~0.3 s once.
+        # Every subdaemon, hsmd first, forks from the zygote in milliseconds. main() forked
+        # it; should that have failed, a fresh-interpreter one costs ~0.3 s once.
         await asyncio.get_running_loop().run_in_executor(None, start_zygote, True)
         for name in cfg.ignored_dev_options:
             self.log.unusual(SOURCE, f"Option {name} accepted but not implemented: ignoring it")
@@ -367,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(config.network_dir, mode=0o700, exist_ok=True)
     if config.daemon:
         daemonize()
+    # Before anything is opened: the zygote is a fork of this process (lightningd/zygote.py).
+    fork_zygote()
     try:
         pid_file = lock_pid_file(config.pid_path)
     except StartupError as exc:

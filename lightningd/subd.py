@@ -20,11 +20,18 @@ from common.daemon_conn import AsyncDaemonConn, DaemonConnError
 from common.status import LogLevel, reason_from_exit_code
 from common.subdaemon import REQ_FD
 from lightningd.log import NodeLog
-from lightningd.zygote import ZygoteError, start_zygote, stop_zygote, zygote_spawn
+from lightningd.zygote import (
+    ZygoteError,
+    fork_zygote,
+    start_zygote,
+    stop_zygote,
+    zygote_spawn,
+)
 from wire.fundamental import WireError
 
 __all__ = [
     "Subd",
+    "fork_zygote",
     "posix_spawn_subdaemon",
     "spawn_subdaemon",
     "start_zygote",

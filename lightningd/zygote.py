@@ -1,9 +1,11 @@
 """A fork server for subdaemons: one interpreter with their modules imported, forked per start.
 
 Starting `python -m openingd.openingd` costs a fresh interpreter and every import
-(~0.2 s). lightningd instead starts this zygote once (with posix_spawn, its socket
-at fd 0 as for any subdaemon); it imports the subdaemon modules, says it is ready,
-then serves one request per subdaemon:
+(~0.2 s). Instead lightningd, before it opens anything, imports the subdaemon modules
+and forks itself into this zygote (fork_zygote): lightningd, the zygote and every
+subdaemon then share those pages rather than each holding its own interpreter. (A
+process that cannot fork that early, a test say, posix_spawns one: start_zygote.)
+The zygote says it is ready, then serves one request per subdaemon:
 
     request: JSON {"module", "args", "targets", "cwd", "env"}, with one descriptor
              attached per entry of "targets" (the number it must have in the child)
@@ -24,7 +26,7 @@ never returns into the zygote's loop: every way out is an os._exit.
 
 The zygote itself dies with lightningd (PR_SET_PDEATHSIG=SIGKILL, and EOF on its socket).
 
-The client side (start_zygote, zygote_spawn) is used by lightningd/subd.py.
+The client side (fork_zygote, start_zygote, zygote_spawn) is used through lightningd/subd.py.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import CodeType
+
+from setproctitle import setproctitle
 
 from common.daemon_conn import DaemonConn, DaemonConnError
 
@@ -89,6 +94,11 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def process_title(module: str, args: list[str]) -> str:
+    """What `ps` shows for a forked process: Core Lightning's names (lightning_openingd...)."""
+    return " ".join([f"lightning_{module.rsplit('.', 1)[-1]}", *args])
+
+
 def _place_fds(fds: list[int], targets: list[int]) -> None:
     """Put fds[i] at targets[i] and close every other descriptor."""
     staged = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _STAGING_MIN_FD) for fd in fds]
@@ -112,6 +122,7 @@ def _become_subdaemon(
         while os.getppid() == intermediate:
             time.sleep(0.0001)
         _place_fds(fds, req["targets"])
+        setproctitle(process_title(req["module"], req["args"]))
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -229,23 +240,33 @@ def _main_block(module: str) -> CodeType | None:
 
 
 _MAIN_BLOCKS: dict[str, CodeType] = {}
+_preloaded = False
 
 
-def serve(master: int) -> None:
-    conn = DaemonConn(socket.socket(fileno=0))
+def _preload() -> None:
+    """Import what the subdaemons run, and keep those objects' pages shared after a fork."""
+    global _preloaded
+    if _preloaded:
+        return
+    _preloaded = True
     import gc
     import importlib
 
     for name in PRELOAD:
         importlib.import_module(name)
         with contextlib.suppress(Exception):
-            if (block := _main_block(name)) is not None:
+            if name not in _MAIN_BLOCKS and (block := _main_block(name)) is not None:
                 _MAIN_BLOCKS[name] = block
     import runpy  # noqa: F401
     import traceback  # noqa: F401
 
     gc.collect()
-    gc.freeze()  # keep the preloaded objects' pages shared with every child
+    gc.freeze()  # the collector never writes to these objects again, so no copy-on-write
+
+
+def serve(master: int, sock: socket.socket) -> None:
+    conn = DaemonConn(sock)
+    _preload()  # nothing left to do when lightningd forked us after doing it
     conn.send(_READY)
     while True:
         try:
@@ -265,14 +286,19 @@ def serve(master: int) -> None:
             os._exit(0)
 
 
-def main() -> None:
-    master = int(sys.argv[1])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is lightningd's to handle
+def _become_zygote(master: int, sock: socket.socket) -> None:
+    """Ignore the terminal's ^C (lightningd's to handle), die with lightningd, serve."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != master:
         os._exit(0)
-    serve(master)
+    setproctitle(process_title("lightningd.zygote", []))
+    serve(master, sock)
+
+
+def main() -> None:
+    _become_zygote(int(sys.argv[1]), socket.socket(fileno=0))
 
 
 # ---------------------------------------------------------------- lightningd's side
@@ -365,14 +391,41 @@ _disabled = False
 _state_lock = threading.Lock()
 
 
-def start_zygote(wait: bool = True, timeout: float = 30.0) -> Zygote | None:
-    """Start this process's zygote (replacing a dead one); None if it cannot run here.
-
-    With `wait`, returns once the zygote has imported the subdaemons (or gave up).
-    """
-    global _zygote, _disabled
+def _launch_posix_spawn(theirs: socket.socket) -> int:
     from lightningd.subd import posix_spawn_subdaemon
 
+    return posix_spawn_subdaemon("lightningd.zygote", {0: theirs.fileno()}, [str(os.getpid())])
+
+
+def _launch_fork(theirs: socket.socket) -> int:
+    """Fork this process into the zygote. Only for a process that has opened nothing it
+    would mind sharing: the child closes every descriptor but stdio and its socket."""
+    _preload()
+    master = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 127
+        try:
+            keep = sorted({0, 1, 2, theirs.fileno()})
+            lo = 0
+            for fd in keep:
+                if lo < fd:
+                    os.closerange(lo, fd)
+                lo = fd + 1
+            os.closerange(lo, max(os.sysconf("SC_OPEN_MAX"), 1024))
+            _become_zygote(master, theirs)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                import traceback
+
+                traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _start(launch: Callable[[socket.socket], int], wait: bool, timeout: float) -> Zygote | None:
+    global _zygote, _disabled
     with _state_lock:
         z = _zygote
         if z is None or z.dead or z.owner != os.getpid():
@@ -386,9 +439,7 @@ def start_zygote(wait: bool = True, timeout: float = 30.0) -> Zygote | None:
                 return None
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                pid = posix_spawn_subdaemon(
-                    "lightningd.zygote", {0: theirs.fileno()}, [str(os.getpid())]
-                )
+                pid = launch(theirs)
             except OSError:
                 ours.close()
                 _disabled = True
@@ -404,6 +455,22 @@ def start_zygote(wait: bool = True, timeout: float = 30.0) -> Zygote | None:
         except ZygoteError:
             return None
     return z
+
+
+def start_zygote(wait: bool = True, timeout: float = 30.0) -> Zygote | None:
+    """Start this process's zygote as a fresh interpreter (replacing a dead one); None if
+    it cannot run here. With `wait`, returns once it has imported the subdaemons."""
+    return _start(_launch_posix_spawn, wait, timeout)
+
+
+def fork_zygote() -> Zygote | None:
+    """lightningd's zygote: import the subdaemons here, then fork. The zygote, and every
+    subdaemon forked from it, shares these pages with lightningd instead of holding an
+    interpreter of its own, and lightningd does not wait for a second one to start.
+
+    Call it before starting threads or opening anything (files, sockets, the event loop).
+    """
+    return _start(_launch_fork, True, 30.0)
 
 
 def stop_zygote() -> None:

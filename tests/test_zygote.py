@@ -47,11 +47,11 @@ def zygote():
 
 
 def forked_from_zygote(pid: int) -> bool:
-    """A zygote child keeps the zygote's command line; a posix_spawned one has its own.
+    """A zygote child is titled lightning_<daemon>; a posix_spawned one keeps `python -m`.
 
     Only for a live process: a zombie's command line is empty.
     """
-    return b"lightningd.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"lightning_")
 
 
 def spawn(module: str, fds: dict[int, int], args: list[str]) -> int:
@@ -249,19 +249,21 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_subdaemon_and_zygote_die_with_lightningd():
+@pytest.mark.parametrize("start", ["start_zygote", "fork_zygote"])
+def test_subdaemon_and_zygote_die_with_lightningd(start):
     """PR_SET_PDEATHSIG must tie the subdaemon to lightningd, not to the zygote's
     short-lived intermediate: a subdaemon whose master socket stays open elsewhere
-    still dies when lightningd is killed. The zygote dies with it too."""
+    still dies when lightningd is killed. The zygote dies with it too, whether it was
+    posix_spawned or forked from lightningd as lightningd does."""
     ours, theirs = socket.socketpair()
     script = textwrap.dedent(
         f"""
         import os, sys, time
-        from lightningd.subd import spawn_subdaemon, start_zygote
-        z = start_zygote()
+        from lightningd.subd import spawn_subdaemon, {start}
+        z = {start}()
         pid = spawn_subdaemon({STATUS!r}, {{0: {theirs.fileno()}}}, {WAIT!r})
-        print(z.pid, pid, int(b"lightningd.zygote" in open(f"/proc/{{pid}}/cmdline", "rb").read()),
-              flush=True)
+        title = open(f"/proc/{{pid}}/cmdline", "rb").read()
+        print(z.pid, pid, int(title.startswith(b"lightning_status_subdaemon")), flush=True)
         time.sleep(60)
         """
     )
@@ -315,3 +317,12 @@ def test_preloaded_subdaemon_runs_its_main(zygote, module):
     assert "init" in fail.desc
     assert exit_code(pid) == 0x80 | fail.failreason
     ours.close()
+
+
+def test_node_processes_are_forked_and_titled(node_factory):
+    """lightningd forks its zygote, which forks hsmd and gossipd: `ps` shows them under
+    Core Lightning's names, and none is a fresh `python -m` interpreter."""
+    l1 = node_factory.get_node()
+    kids = Path(f"/proc/{l1.proc.pid}/task/{l1.proc.pid}/children").read_text().split()
+    titles = {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in kids}
+    assert {b"lightning_zygote", b"lightning_hsmd", b"lightning_gossipd"} <= titles
