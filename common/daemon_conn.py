@@ -32,6 +32,14 @@ class DaemonConnClosed(DaemonConnError):
     """Clean end of stream at a frame boundary: the other side went away."""
 
 
+def _send_failed(exc: ConnectionError) -> DaemonConnError:
+    """A send refused because the other side closed its end is its going away, as EOF is
+    for a read (a subdaemon whose master has gone exits quietly); other errors are not."""
+    if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+        return DaemonConnClosed(f"connection closed: {exc.strerror}")
+    return DaemonConnError(f"connection lost: {exc.strerror}")
+
+
 def encode_frame(msg: bytes) -> bytes:
     if len(msg) > MAX_FRAME_LEN:
         raise DaemonConnError(f"message of {len(msg)} bytes exceeds {MAX_FRAME_LEN}")
@@ -94,7 +102,7 @@ class DaemonConn:
             if frame:
                 self.sock.sendall(frame)
         except ConnectionError as exc:
-            raise DaemonConnError(f"connection lost: {exc.strerror}") from None
+            raise _send_failed(exc) from None
 
     def _recv_exact(self, n: int, fds: list[int], at_boundary: bool) -> bytes:
         buf = bytearray()
@@ -190,7 +198,7 @@ class AsyncDaemonConn:
                 await self._wait("add_writer", "remove_writer")
                 continue
             except ConnectionError as exc:
-                raise DaemonConnError(f"connection lost: {exc.strerror}") from None
+                raise _send_failed(exc) from None
             view = view[sent:]
 
     async def send(self, msg: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:

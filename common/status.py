@@ -125,9 +125,16 @@ def async_sender(conn: AsyncDaemonConn) -> Callable[[bytes], None]:
     """
     pending: set[asyncio.Task[None]] = set()
 
+    def written(task: asyncio.Task[None]) -> None:
+        pending.discard(task)
+        # A line the master did not take (it has gone) is dropped: the daemon's next read
+        # of the master socket sees the EOF and exits. Retrieved, so asyncio stays quiet.
+        if not task.cancelled():
+            task.exception()
+
     def send(msg: bytes) -> None:
         task = asyncio.get_running_loop().create_task(conn.send(msg))
         pending.add(task)
-        task.add_done_callback(pending.discard)
+        task.add_done_callback(written)
 
     return send

@@ -143,3 +143,22 @@ def test_peer_death_is_a_daemon_conn_error():
     with pytest.raises(DaemonConnError):
         for _ in range(100):
             a.send(b"x" * 65536)
+
+
+def test_send_after_other_side_closed_is_closed():
+    """Writing to a socket whose other end has gone is that side going away (as EOF is for
+    a read), so a subdaemon whose master left mid-send exits quietly (common/subdaemon)."""
+    a, b = pair()
+    b.close()
+    with pytest.raises(DaemonConnClosed, match="connection closed"):
+        a.send(b"to nobody")
+
+    async def main():
+        x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn = AsyncDaemonConn(x)
+        y.close()
+        with pytest.raises(DaemonConnClosed, match="connection closed"):
+            await conn.send(b"to nobody")
+        conn.close()
+
+    asyncio.run(main())

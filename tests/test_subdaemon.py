@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import socket
 import subprocess
@@ -10,8 +12,14 @@ import sys
 import pytest
 
 from common import status_wiregen as status_wire
-from common.daemon_conn import DaemonConn, DaemonConnClosed
-from common.status import FailReason, LogLevel, exit_code, reason_from_exit_code
+from common.daemon_conn import AsyncDaemonConn, DaemonConn, DaemonConnClosed
+from common.status import (
+    FailReason,
+    LogLevel,
+    async_sender,
+    exit_code,
+    reason_from_exit_code,
+)
 from common.subdaemon import REQ_FD, UsageError, parse_args
 from common.version import VERSION
 from lightningd.subd import spawn_subdaemon
@@ -116,3 +124,23 @@ def test_subdaemon_dies_with_its_master():
     conn.sock.settimeout(10)
     with pytest.raises(DaemonConnClosed):
         conn.recv()  # only the subdaemon held the other end: it is gone
+
+
+def test_async_status_lines_to_a_gone_master_are_dropped_quietly():
+    """A log line queued as the master goes away must not end as asyncio's "Task exception
+    was never retrieved" traceback on stderr: the daemon exits on its next read instead."""
+
+    async def main() -> list[dict]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        theirs.close()
+        conn = AsyncDaemonConn(ours)
+        complaints: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: complaints.append(ctx))
+        send = async_sender(conn)
+        send(b"a line nobody reads")
+        await asyncio.sleep(0.05)
+        gc.collect()
+        conn.close()
+        return complaints
+
+    assert asyncio.run(main()) == []
