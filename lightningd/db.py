@@ -28,6 +28,11 @@ from lightningd.db_schema import VAR_GENESIS_HASH, VAR_NEXT_CHANNEL_DBID
 # Long enough to ride out an operator's `sqlite3 .backup` checkpoint, short enough that a
 # stuck lock shows up as an error rather than a frozen daemon.
 BUSY_TIMEOUT_MS = 5000
+# In WAL mode FULL fsyncs the WAL on every commit, so a commit is on disk before we do
+# anything irreversible (sign, send, broadcast). NORMAL only syncs at checkpoints and can
+# lose the last commits on power loss (though never on a crash of our own).
+SYNCHRONOUS = "FULL"
+DBID_BLOCK = 32  # channel dbids reserved on disk at a time (next_channel_dbid)
 
 VarValue = str | int | bytes
 
@@ -88,6 +93,7 @@ class Database:
         self.path = path
         self._tx_owner: asyncio.Task[Any] | None = None
         self._in_tx = False
+        self._dbid_next = self._dbid_end = 0  # the block of dbids reserved on disk
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -128,10 +134,7 @@ class Database:
         if mode != "wal":
             raise DatabaseError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
         self._conn.execute("PRAGMA foreign_keys = ON")
-        # In WAL mode FULL fsyncs the WAL on every commit, so a commit is on disk before we do
-        # anything irreversible (sign, send, broadcast). NORMAL only syncs at checkpoints and
-        # can lose the last commits on power loss.
-        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
 
     def _check_integrity(self) -> None:
         # Reads every page once: cheap at a node's database size, and a corrupt database is
@@ -195,19 +198,32 @@ class Database:
         return self._in_tx
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Commit the block's statements together, or roll them all back if it raises."""
+    def transaction(self, durable: bool = True) -> Iterator[None]:
+        """Commit the block's statements together, or roll them all back if it raises.
+
+        A durable commit is on disk when this returns (the WAL is fsynced). One that is not
+        (durable=False: ~1 ms less) survives our own crash but may be lost with the power
+        until the next durable commit syncs the WAL, which holds every earlier commit. Use
+        it only where a durable commit always follows before anything leaves the node
+        (a reservation or change index for a tx that is stored or broadcast later).
+        """
         if self._in_tx:
             raise RuntimeError("nested database transaction (did something await inside one?)")
-        # IMMEDIATE takes the write lock now, so we never fail halfway on a lock upgrade.
-        self._raw("BEGIN IMMEDIATE")
-        self._in_tx, self._tx_owner = True, _current_task()
+        if not durable:
+            self._raw("PRAGMA synchronous = NORMAL")
         try:
-            yield
-        except BaseException:
-            self._end_tx("ROLLBACK")
-            raise
-        self._end_tx("COMMIT")
+            # IMMEDIATE takes the write lock now, so we never fail halfway on a lock upgrade.
+            self._raw("BEGIN IMMEDIATE")
+            self._in_tx, self._tx_owner = True, _current_task()
+            try:
+                yield
+            except BaseException:
+                self._end_tx("ROLLBACK")
+                raise
+            self._end_tx("COMMIT")
+        finally:
+            if not durable:
+                self._raw(f"PRAGMA synchronous = {SYNCHRONOUS}")
 
     def _end_tx(self, verb: str) -> None:
         try:
@@ -301,16 +317,22 @@ class Database:
 
         Unlike Core Lightning (which reuses the dbid of an open that never reached the
         database), a dbid is never reused: hsmd derives the channel's secrets from it, and an
-        aborted open may already have shown the peer points derived from them.
+        aborted open may already have shown the peer points derived from them. They are
+        reserved on disk DBID_BLOCK at a time (one fsync per block, not per open); a restart
+        skips what was left of the block.
         """
-        row = self.query_one(
-            "UPDATE vars SET intval = MAX(intval, (SELECT COALESCE(MAX(id), 0) + 1 FROM channels))"
-            " + 1 WHERE name = ? RETURNING intval - 1",
-            (VAR_NEXT_CHANNEL_DBID,),
-        )
-        if row is None:
-            raise DatabaseError(f"database {self.path}: var {VAR_NEXT_CHANNEL_DBID} is missing")
-        return int(row[0])
+        if self._dbid_next >= self._dbid_end:
+            row = self.query_one(
+                "UPDATE vars SET intval = MAX(intval, (SELECT COALESCE(MAX(id), 0) + 1"
+                " FROM channels)) + ? WHERE name = ? RETURNING intval",
+                (DBID_BLOCK, VAR_NEXT_CHANNEL_DBID),
+            )
+            if row is None:
+                raise DatabaseError(f"database {self.path}: var {VAR_NEXT_CHANNEL_DBID} is missing")
+            self._dbid_end = int(row[0])
+            self._dbid_next = self._dbid_end - DBID_BLOCK
+        self._dbid_next += 1
+        return self._dbid_next - 1
 
     # -- closing ---------------------------------------------------------------------------
 

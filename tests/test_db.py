@@ -16,7 +16,7 @@ import pytest
 
 from common.chainparams import CHAINS
 from lightningd import db_schema
-from lightningd.db import Database, DatabaseError, PeerRow
+from lightningd.db import DBID_BLOCK, Database, DatabaseError, PeerRow
 
 REGTEST = CHAINS["regtest"].chain_hash
 BITCOIN = CHAINS["bitcoin"].chain_hash
@@ -294,16 +294,15 @@ def test_peers_upsert(path: str) -> None:
 
 def test_channel_dbids_are_never_zero_or_reused(path: str) -> None:
     with Database.open(path, REGTEST) as db:
-        first, second = db.next_channel_dbid(), db.next_channel_dbid()
-        assert first == 1 and second == 2
+        handed = [db.next_channel_dbid() for _ in range(DBID_BLOCK + 2)]  # across a block
+        assert handed == list(range(1, DBID_BLOCK + 3))
         peer = db.add_peer(NODE_A, None)
         # A channel stored under a higher id (however it got there) is never handed out again.
         db.execute(
             "INSERT INTO channels (id, peer_id, state, opener, funding_satoshi, our_msat,"
-            " created_at) VALUES (10, ?, 0, 0, 1000, 0, 0)",
+            " created_at) VALUES (1000, ?, 0, 0, 1000, 0, 0)",
             (peer,),
         )
-        assert db.next_channel_dbid() == 11
         with pytest.raises(DatabaseError, match="CHECK"):
             db.execute(
                 "INSERT INTO channels (id, peer_id, state, opener, funding_satoshi, our_msat,"
@@ -311,4 +310,20 @@ def test_channel_dbids_are_never_zero_or_reused(path: str) -> None:
                 (peer,),
             )
     with Database.open(path, REGTEST) as db:  # the counter survives a restart
-        assert db.next_channel_dbid() == 12
+        assert db.next_channel_dbid() == 1001
+    with Database.open(path, REGTEST) as db:  # the rest of a reserved block is skipped
+        assert db.next_channel_dbid() == 1001 + DBID_BLOCK
+
+
+def test_non_durable_transaction_commits_and_restores_full_sync(path: str) -> None:
+    with Database.open(path, REGTEST) as db:
+        with db.transaction(durable=False):
+            db.set_var("x", 1)
+        assert db._pragma("PRAGMA synchronous") == 2  # FULL again for the next commit
+        with pytest.raises(ValueError), db.transaction(durable=False):
+            db.set_var("x", 2)
+            raise ValueError("rolled back")
+        assert db._pragma("PRAGMA synchronous") == 2
+        assert db.get_var("x") == 1
+    with Database.open(path, REGTEST) as db:  # a crash of ours does not lose it
+        assert db.get_var("x") == 1
