@@ -393,17 +393,19 @@ class ChainTopology:
 
     # -- broadcasting ------------------------------------------------------------------------
 
-    async def broadcast(self, raw_tx: bytes) -> bytes:
+    async def broadcast(self, raw_tx: bytes, txid: bytes | None = None) -> bytes:
         """Send a transaction and keep sending it each block until it confirms.
 
-        Returns the txid (internal byte order). BroadcastError(final=True) if bitcoind
-        refused it (it is then forgotten); final=False if bitcoind could not be reached
-        (it is kept and sent again on the next block).
+        Returns the txid (internal byte order; a caller holding the parsed tx passes it).
+        BroadcastError(final=True) if bitcoind refused it (it is then forgotten);
+        final=False if bitcoind could not be reached (it is kept and sent again on the
+        next block).
         """
-        try:
-            txid = CTransaction.deserialize(raw_tx).GetTxid()
-        except Exception as exc:  # bitcointx raises several types for bad bytes
-            raise BroadcastError(f"cannot parse transaction: {exc}", final=True) from None
+        if txid is None:
+            try:
+                txid = bytes(CTransaction.deserialize(raw_tx).GetTxid())
+            except Exception as exc:  # bitcointx raises several types for bad bytes
+                raise BroadcastError(f"cannot parse transaction: {exc}", final=True) from None
         known = self.db.query_one("SELECT 1 FROM transactions WHERE id = ?", (txid,))
         # Remembered before sending: if we die right after, we still send it again later.
         self.db.execute(

@@ -63,6 +63,8 @@ from lightningd.subd import Subd
 from openingd import openingd_wiregen as wire
 
 if TYPE_CHECKING:
+    from bitcointx.core import CTransaction
+
     from lightningd.lightningd import LightningD
     from lightningd.peer_control import Peer
 
@@ -94,8 +96,8 @@ class PendingOpen:
     funding: AmountSat | None = None
     close_to: bytes = b""
     mindepth: int | None = None
-    # The funding tx we built (fundchannel/multifundchannel), stored with the channel.
-    funding_tx: bytes | None = None
+    # fundchannel's funding tx being signed by hsmd, to be stored with the channel.
+    funding_signing: asyncio.Future[CTransaction] | None = None
     peer_returned: bool = False
     done: bool = False
 
@@ -223,10 +225,24 @@ class OpeningControl:
     ) -> None:
         """Store the channel, synced, then give the peer back (and send funding_signed)."""
         peer = pending.peer
+        funding_tx = None
+        if pending.funding_signing is not None:
+            # Stored signed with the channel, so that a crash before broadcast still sends it.
+            try:
+                funding_tx = (await pending.funding_signing).serialize()
+            except Exception as exc:  # no channel whose funding tx we could not sign
+                await self._return_peer(pending, fds, cipher_state)
+                self._resolve(
+                    pending,
+                    exc
+                    if isinstance(exc, RpcError)
+                    else RpcError(LIGHTNINGD, f"Could not sign the funding transaction: {exc}"),
+                )
+                return
         channel = Channel(pending.dbid, peer.node_id, ChannelState.CHANNELD_AWAITING_LOCKIN, opened)
-        save_channel(self.ld.db, channel, str(peer.address), pending.funding_tx)
+        save_channel(self.ld.db, channel, str(peer.address), funding_tx)
         self.ld.channels.append(channel)
-        pending.done = True
+        self._over(pending)
         self.ld.log.info(
             SOURCE, f"Channel {opened.channel_id.hex()} stored: {channel.state.name}", peer.node_id
         )
@@ -238,6 +254,7 @@ class OpeningControl:
 
     async def _failed(self, pending: PendingOpen, msg: wire.OpeningdFailed, fds: list[int]) -> None:
         self.ld.log.info(SOURCE, f"Open failed: {msg.reason}", pending.peer.node_id)
+        self._over(pending)
         if msg.peer_alive:
             await self._return_peer(pending, fds, msg.cipher_state)
         self._resolve(pending, RpcError(LIGHTNINGD, msg.reason))
@@ -250,10 +267,16 @@ class OpeningControl:
         pending.peer_returned = True
         await self.ld.peers.give_back(pending.peer, fds[0], cipher_state)
 
-    async def _openingd_died(self, pending: PendingOpen, subd: Subd) -> None:
-        """Whatever happened, the open is over: tidy up, and tell any waiting caller why."""
+    def _over(self, pending: PendingOpen) -> None:
+        """The open has ended (stored or failed): the peer may open again at once, without
+        waiting for this openingd to exit and be reaped."""
+        pending.done = True
         if self.opens.get(pending.peer.node_id) is pending:
             del self.opens[pending.peer.node_id]
+
+    async def _openingd_died(self, pending: PendingOpen, subd: Subd) -> None:
+        """Whatever happened, the open is over: tidy up, and tell any waiting caller why."""
+        self._over(pending)
         if not pending.peer_returned:
             await self.ld.peers.lost(pending.peer, "openingd ended without returning the peer")
         reason = subd.fail_desc or f"openingd died (exit {subd.exit_code})"
@@ -477,23 +500,28 @@ class OpeningControl:
             id, amount, feerate, announce, close_to, push_msat, mindepth, reserve, channel_type
         )
         try:
-            tx, outnum = await wallet.fund_output(
-                reply.funding_scriptpubkey, amount, funding_feerate, minconf, outpoints
+            funded = wallet.prepare(
+                [(reply.funding_scriptpubkey, amount)], funding_feerate, minconf, outpoints
             )
         except BaseException:
             await self._cancel_quietly(pending)
             raise
-        pending.funding_tx = tx.serialize()
+        outnum = funded.outnums[0]
+        # hsmd signs it while the peer signs our first commitment: the txid is already final.
+        signing = pending.funding_signing = asyncio.ensure_future(wallet.sign(funded))
+        signing.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen by _committed
         try:
             await self._send(
                 pending,
                 wire.OpeningdFunderComplete(
-                    funding_txid=bytes(tx.GetTxid()), funding_outnum=outnum
+                    funding_txid=bytes(funded.tx.GetTxid()), funding_outnum=outnum
                 ).encode(),
             )
-            funded: wire.OpeningdFunderReply = await self._wait(pending)
+            funded_reply: wire.OpeningdFunderReply = await self._wait(pending)
+            tx = await signing
         except BaseException:
-            wallet.release(tx)
+            signing.cancel()
+            wallet.release(funded.tx)
             raise
         # The channel is on disk (and synced): only now may the funding tx go out.
         try:
@@ -506,7 +534,7 @@ class OpeningControl:
             "tx": tx.serialize().hex(),
             "txid": display_txid(bytes(tx.GetTxid())),
             "outnum": outnum,
-            "channel_id": funded.channel.channel_id.hex(),
+            "channel_id": funded_reply.channel.channel_id.hex(),
             **self._start_result(pending, reply),
         }
 
@@ -548,14 +576,14 @@ class OpeningControl:
             )
         outputs = [(start.reply.funding_scriptpubkey, start.amount) for start in started]
         try:
-            funded = await wallet.fund_outputs(outputs, funding_feerate, minconf, outpoints)
+            funded, tx = await wallet.fund_outputs(outputs, funding_feerate, minconf, outpoints)
         except BaseException:
             for start in started:
                 await self._cancel_quietly(start.pending)
             raise
         # Not recorded with each channel (unlike fundchannel): if one peer fails at
         # funding_signed, a recorded tx would later fund an output nobody can spend from.
-        txid = bytes(funded.tx.GetTxid())
+        txid = bytes(tx.GetTxid())
         try:
             replies = await asyncio.gather(
                 *(
@@ -564,16 +592,16 @@ class OpeningControl:
                 )
             )
         except BaseException:
-            wallet.release(funded.tx)
+            wallet.release(tx)
             raise
         try:
-            await wallet.broadcast(funded.tx)
+            await wallet.broadcast(tx)
         except BroadcastError as exc:
             raise RpcError(
                 FUNDING_BROADCAST_FAIL, f"Error broadcasting funding transaction: {exc}"
             ) from None
         result: dict[str, Any] = {
-            "tx": funded.tx.serialize().hex(),
+            "tx": tx.serialize().hex(),
             "txid": display_txid(txid),
             "channel_ids": [
                 {

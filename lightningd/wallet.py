@@ -204,13 +204,14 @@ class Plan:
 
 @dataclass(frozen=True)
 class FundedTx:
-    tx: CTransaction  # signed
+    # Unsigned. Every input is our P2WPKH, so the signatures (witnesses) cannot change the
+    # txid: peers can sign commitments spending it while hsmd signs it (Wallet.sign).
+    tx: CTransaction
     outnums: list[int]  # where each requested output ended up
     amounts: list[int]  # satoshis of each requested output ("all" resolved)
     change_outnum: int | None
     fee_sat: int
     inputs: list[Utxo]
-    psbt: str  # the unsigned transaction with its inputs' witness_utxo, base64
 
     @property
     def txid(self) -> bytes:
@@ -336,10 +337,12 @@ class Wallet:
     def max_index(self) -> int:
         return self.db.get_int_var(VAR_BIP32_MAX_INDEX, 0)
 
-    def new_keyindex(self) -> int:
-        """A never-used keyindex (durably counted before anyone sees its address)."""
+    def new_keyindex(self, durable: bool = True) -> int:
+        """A never-used keyindex, counted on disk before anyone sees its address. Not
+        durable for change: the tx showing it is stored durably before it is sent."""
         index = self.max_index + 1
-        self.db.set_var(VAR_BIP32_MAX_INDEX, index)
+        with self.db.transaction(durable=durable):
+            self.db.set_var(VAR_BIP32_MAX_INDEX, index)
         self._extend_window()
         return index
 
@@ -524,7 +527,10 @@ class Wallet:
 
     def reserve(self, inputs: Sequence[Utxo], blocks: int = RESERVATION_BLOCKS) -> None:
         height = self.topology.height
-        with self.db.transaction():
+        # Not durable: it keeps our own concurrent spends apart; the tx spending these is
+        # stored durably before it leaves the node, and a reservation lost with the power
+        # only frees inputs nothing was sent with.
+        with self.db.transaction(durable=False):
             for utxo in inputs:
                 cur = self.db.execute(
                     "UPDATE outputs SET status = ?, reserved_til = ?"
@@ -540,7 +546,7 @@ class Wallet:
             points = [(i.prevout.hash, i.prevout.n) for i in tx.vin]
         else:
             points = [u.outpoint for u in tx]
-        with self.db.transaction():
+        with self.db.transaction(durable=False):  # a lost release only lapses in 72 blocks
             for txid, outnum in points:
                 self.db.execute(
                     "UPDATE outputs SET status = ?, reserved_til = NULL"
@@ -556,7 +562,7 @@ class Wallet:
         inputs = sorted(plan.inputs, key=lambda u: (u.txid[::-1], u.outnum))
         tagged = [(amount, script, i) for i, (script, amount) in enumerate(plan.outputs)]
         if plan.change_sat:
-            tagged.append((plan.change_sat, self.script(self.new_keyindex()), -1))
+            tagged.append((plan.change_sat, self.script(self.new_keyindex(durable=False)), -1))
         tagged.sort(key=lambda t: (t[0], t[1]))
         tx = CMutableTransaction(
             [CMutableTxIn(COutPoint(u.txid, u.outnum), nSequence=RBF_SEQUENCE) for u in inputs],
@@ -573,29 +579,53 @@ class Wallet:
                 outnums[tag] = n
         return tx, outnums, change_outnum
 
-    def psbt(self, tx: CMutableTransaction, inputs: Sequence[Utxo]) -> str:
-        by_point = {u.outpoint: u for u in inputs}
-        psbt = PartiallySignedTransaction(unsigned_tx=CTransaction.from_tx(tx))
-        for i, txin in enumerate(tx.vin):
+    def psbt(self, funded: FundedTx) -> str:
+        """The unsigned transaction with its inputs' witness_utxo, base64."""
+        by_point = {u.outpoint: u for u in funded.inputs}
+        psbt = PartiallySignedTransaction(unsigned_tx=funded.tx)
+        for i, txin in enumerate(funded.tx.vin):
             utxo = by_point[(txin.prevout.hash, txin.prevout.n)]
             spent = CTxOut(utxo.amount_sat, CScript(utxo.scriptpubkey))
             psbt.set_utxo(spent, i, force_witness_utxo=True)
         return str(psbt.to_base64())
 
-    async def sign(self, tx: CMutableTransaction, inputs: Sequence[Utxo]) -> CTransaction:
-        """hsmd signs every input; each must be one of `inputs` (our outputs)."""
-        by_point = {u.outpoint: u for u in inputs}
+    async def sign(self, funded: FundedTx) -> CTransaction:
+        """hsmd signs every input; each must be one of `funded.inputs` (our outputs)."""
+        by_point = {u.outpoint: u for u in funded.inputs}
         utxos = []
-        for txin in tx.vin:
+        for txin in funded.tx.vin:
             u = by_point[(txin.prevout.hash, txin.prevout.n)]
             utxos.append(WalletUtxo(u.txid, u.outnum, AmountSat(u.amount_sat), u.keyindex))
         reply = await self.hsm.request(
-            HsmdSignWithdrawal(utxos=tuple(utxos), tx=tx.serialize()), HsmdSignWithdrawalReply
+            HsmdSignWithdrawal(utxos=tuple(utxos), tx=funded.tx.serialize()),
+            HsmdSignWithdrawalReply,
         )
         signed = CTransaction.deserialize(reply.tx)
-        if signed.GetTxid() != tx.GetTxid():
+        if signed.GetTxid() != funded.tx.GetTxid():
             raise RpcError(LIGHTNINGD, "hsmd returned a different transaction")
         return signed
+
+    def prepare(
+        self,
+        outputs: Sequence[tuple[bytes, AmountSat | None]],
+        feerate_perkw: int,
+        minconf: int = 1,
+        utxos: Sequence[tuple[bytes, int]] | None = None,
+        locktime: int | None = None,
+    ) -> FundedTx:
+        """Select, reserve and build (with change) an unsigned tx paying `outputs`; one
+        amount may be None ("all"). Then sign() it, and broadcast() or release() it."""
+        plan = self.plan(outputs, feerate_perkw, minconf, utxos)
+        self.reserve(plan.inputs)
+        try:
+            tx, outnums, change_outnum = self.build(plan, locktime)
+        except BaseException:
+            self.release(plan.inputs)
+            raise
+        amounts = [a for _, a in plan.outputs]
+        return FundedTx(
+            CTransaction.from_tx(tx), outnums, amounts, change_outnum, plan.fee_sat, plan.inputs
+        )
 
     async def fund_outputs(
         self,
@@ -604,39 +634,21 @@ class Wallet:
         minconf: int = 1,
         utxos: Sequence[tuple[bytes, int]] | None = None,
         locktime: int | None = None,
-    ) -> FundedTx:
-        """Select, reserve, build (with change) and sign a tx paying `outputs`; one amount
-        may be None ("all"). Nothing is broadcast: call broadcast() or release()."""
-        plan = self.plan(outputs, feerate_perkw, minconf, utxos)
-        self.reserve(plan.inputs)
+    ) -> tuple[FundedTx, CTransaction]:
+        """prepare() and sign(): the funded tx and its signed form, nothing broadcast."""
+        funded = self.prepare(outputs, feerate_perkw, minconf, utxos, locktime)
         try:
-            tx, outnums, change_outnum = self.build(plan, locktime)
-            psbt = self.psbt(tx, plan.inputs)
-            signed = await self.sign(tx, plan.inputs)
+            return funded, await self.sign(funded)
         except BaseException:
-            self.release(plan.inputs)
+            self.release(funded.inputs)
             raise
-        amounts = [a for _, a in plan.outputs]
-        return FundedTx(signed, outnums, amounts, change_outnum, plan.fee_sat, plan.inputs, psbt)
-
-    async def fund_output(
-        self,
-        script_pubkey: bytes,
-        amount: AmountSat | None,
-        feerate_perkw: int,
-        minconf: int = 1,
-        utxos: Sequence[tuple[bytes, int]] | None = None,
-    ) -> tuple[CTransaction, int]:
-        """One output (a channel's funding output): the signed tx and the output's index."""
-        funded = await self.fund_outputs([(script_pubkey, amount)], feerate_perkw, minconf, utxos)
-        return funded.tx, funded.outnums[0]
 
     async def broadcast(self, tx: CTransaction) -> bytes:
         """Send one of our transactions and apply it to the wallet (inputs spent, change
         recorded unconfirmed). A refused tx has its inputs released and BroadcastError
         raised; an unreachable bitcoind leaves it applied and queued for rebroadcast."""
         try:
-            txid = await self.topology.broadcast(tx.serialize())
+            txid = await self.topology.broadcast(tx.serialize(), bytes(tx.GetTxid()))
         except BroadcastError as exc:
             if exc.final:
                 self.release(tx)
@@ -756,12 +768,12 @@ class Wallet:
                 "Could not parse destination address, destination should be a valid address",
             )
         perkw = self.topology.resolve_feerate("opening" if feerate is None else feerate)
-        funded = await self.fund_outputs([(script, satoshi)], perkw, minconf, utxos)
+        funded, signed = await self.fund_outputs([(script, satoshi)], perkw, minconf, utxos)
         try:
-            txid = await self.broadcast(funded.tx)
+            txid = await self.broadcast(signed)
         except BroadcastError as exc:
             raise RpcError(LIGHTNINGD, str(exc)) from None
-        return {"tx": funded.tx.serialize().hex(), "txid": txid_hex(txid), "psbt": funded.psbt}
+        return {"tx": signed.serialize().hex(), "txid": txid_hex(txid), "psbt": self.psbt(funded)}
 
     async def json_reserveinputs(
         self, psbt: PartiallySignedTransaction, exclusive: bool, reserve: int

@@ -19,14 +19,16 @@ FAST = ("--developer", "--dev-bitcoind-poll=1")
 ELSEWHERE = p2wpkh_address(PrivateKey(b"\x66" * 32).public_key.format(), "bcrt")
 
 
-def funded_node(node_factory, bitcoind, *options: str):
-    """A node whose wallet holds one mature regtest coinbase; returns (node, its value in sat).
+def funded_node(node_factory, bitcoind, *options: str, coins: int = 1):
+    """A node whose wallet holds `coins` mature regtest coinbases; returns (node, the first
+    one's value in sat).
 
     Regtest halves the subsidy every 150 blocks and the chain is shared by the whole run,
     so the value is read back rather than assumed.
     """
     node = node_factory.get_node(*FAST, *options)
-    bitcoind.generate(1, node.rpc.newaddr()["bech32"])
+    for _ in range(coins):
+        bitcoind.generate(1, node.rpc.newaddr()["bech32"])
     bitcoind.generate(100, ELSEWHERE)
     # Spendable only once the wallet has seen the blocks that mature it.
     tip = bitcoind.rpc("getblockcount")
@@ -55,6 +57,17 @@ def test_fundchannel(node_factory, bitcoind):
     spent = l1.rpc.listfunds(spent=True)["outputs"]
     assert any(o["status"] == "spent" and o["amount_msat"] == coin_sat * 1000 for o in spent)
     assert l1.rpc.listfunds()["channels"][0]["amount_msat"] == 100_000_000
+
+
+def test_back_to_back_opens_to_one_peer(node_factory, bitcoind):
+    """The next fundchannel may follow the last one's reply at once: the open is over when
+    the channel is stored, not when its openingd has been reaped ("Peer already OPENINGD")."""
+    l1, _ = funded_node(node_factory, bitcoind, coins=4)
+    l2 = node_factory.get_node(*FAST)
+    l1.rpc.connect(l2.uri())
+    txids = [l1.rpc.fundchannel(l2.id, 100_000)["txid"] for _ in range(4)]
+    assert len(set(txids)) == 4
+    assert len(l1.rpc.listpeerchannels(l2.id)["channels"]) == 4
 
 
 def test_fundchannel_insufficient_funds(node_factory):

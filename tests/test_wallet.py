@@ -297,28 +297,30 @@ def test_fund_outputs_reserves_and_release_frees(tmp_path):
         node = await Node(tmp_path).start()
         await node.fund(BTC)
         funding_script = b"\x00\x20" + b"\x11" * 32
-        tx, outnum = await node.wallet.fund_output(funding_script, AmountSat(500_000), 2000)
+        funded, tx = await node.wallet.fund_outputs([(funding_script, AmountSat(500_000))], 2000)
+        outnum = funded.outnums[0]
         assert bytes(tx.vout[outnum].scriptPubKey) == funding_script
         assert tx.vout[outnum].nValue == 500_000
         listed = await node.listfunds()
         assert listed[0]["reserved"] is True
         assert listed[0]["reserved_to_block"] == node.topology.height + 72
         with pytest.raises(RpcError) as err:  # nothing else to spend
-            await node.wallet.fund_output(funding_script, AmountSat(10_000), 2000)
+            await node.wallet.fund_outputs([(funding_script, AmountSat(10_000))], 2000)
         assert err.value.code == 301
         node.wallet.release(tx)
         assert (await node.listfunds())[0]["reserved"] is False
 
         # Several outputs at once (multifundchannel), one of them "all".
         other = b"\x00\x20" + b"\x22" * 32
-        funded = await node.wallet.fund_outputs(
+        funded, signed = await node.wallet.fund_outputs(
             [(funding_script, AmountSat(300_000)), (other, None)], 1000
         )
+        assert signed.GetTxid() == funded.tx.GetTxid()
         assert funded.change_outnum is None
         assert funded.tx.vout[funded.outnums[0]].nValue == 300_000
         assert funded.tx.vout[funded.outnums[1]].nValue == funded.amounts[1]
         assert sum(funded.amounts) + funded.fee_sat == BTC
-        txid = await node.wallet.broadcast(funded.tx)
+        txid = await node.wallet.broadcast(signed)
         assert txid in node.fake.mempool
         await node.stop()
 
@@ -329,7 +331,7 @@ def test_reservation_lapses_after_72_blocks(tmp_path):
     async def main():
         node = await Node(tmp_path).start()
         await node.fund(BTC)
-        await node.wallet.fund_output(THEIR_SCRIPT, AmountSat(10_000), 1000)
+        await node.wallet.fund_outputs([(THEIR_SCRIPT, AmountSat(10_000))], 1000)
         await node.mine(71)
         assert (await node.listfunds())[0]["reserved"] is True
         await node.mine(1)
