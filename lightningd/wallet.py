@@ -24,11 +24,9 @@ from typing import Any
 
 from bitcointx import base58, segwit_addr
 from bitcointx.core import (
-    CMutableTransaction,
-    CMutableTxIn,
-    CMutableTxOut,
     COutPoint,
     CTransaction,
+    CTxIn,
     CTxOut,
     Hash160,
 )
@@ -556,7 +554,7 @@ class Wallet:
 
     def build(
         self, plan: Plan, locktime: int | None = None
-    ) -> tuple[CMutableTransaction, list[int], int | None]:
+    ) -> tuple[CTransaction, list[int], int | None]:
         """The unsigned tx: BIP69 order (as CLN permutes), RBF sequences, anti-fee-sniping
         locktime. Returns it with the outnum of each requested output and of the change."""
         inputs = sorted(plan.inputs, key=lambda u: (u.txid[::-1], u.outnum))
@@ -564,9 +562,9 @@ class Wallet:
         if plan.change_sat:
             tagged.append((plan.change_sat, self.script(self.new_keyindex(durable=False)), -1))
         tagged.sort(key=lambda t: (t[0], t[1]))
-        tx = CMutableTransaction(
-            [CMutableTxIn(COutPoint(u.txid, u.outnum), nSequence=RBF_SEQUENCE) for u in inputs],
-            [CMutableTxOut(amount, CScript(script)) for amount, script, _ in tagged],
+        tx = CTransaction(
+            [CTxIn(COutPoint(u.txid, u.outnum), nSequence=RBF_SEQUENCE) for u in inputs],
+            [CTxOut(amount, CScript(script)) for amount, script, _ in tagged],
             nLockTime=self.topology.height if locktime is None else locktime,
             nVersion=2,
         )
@@ -623,9 +621,7 @@ class Wallet:
             self.release(plan.inputs)
             raise
         amounts = [a for _, a in plan.outputs]
-        return FundedTx(
-            CTransaction.from_tx(tx), outnums, amounts, change_outnum, plan.fee_sat, plan.inputs
-        )
+        return FundedTx(tx, outnums, amounts, change_outnum, plan.fee_sat, plan.inputs)
 
     async def fund_outputs(
         self,
