@@ -9,7 +9,7 @@ WIRE_CSVS := wire/peer_wire.csv $(wildcard common/*_wire.csv hsmd/*_wire.csv ope
 WIRE_GEN := $(WIRE_CSVS:_wire.csv=_wiregen.py)
 BOLTS := $(wildcard doc/bolts/0*.md)
 
-.PHONY: setup bytecode wire check-wire lint format test check run bench clean
+.PHONY: setup bytecode wire check-wire lint format test stress check run bench clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,10 @@ test: $(STAMP) bytecode
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 check: check-wire lint test
+
+# The long runs (fuzzing at full length, load, the crash matrix): not part of `make check`.
+stress: $(STAMP) bytecode
+	$(PY) -m pytest -q --stress -m stress --timeout=3600 $(PYTEST_ARGS)
 
 # The main job: two lightningd nodes on regtest open a channel up to CHANNELD_NORMAL.
 run: setup bytecode

@@ -1,9 +1,11 @@
 """Run every benchmark, print one table, write JSON to bench/results/<timestamp>.json.
 
-Run: .venv/bin/python -m bench.run_all [--opens 8] [--concurrent 5,10] [--startup-runs 7]
-     [--quick]   (3 opens, N=5 only, 3 start-ups: a smoke run)
+Run: .venv/bin/python -m bench.run_all [--opens 8] [--concurrent 10,25,50,100]
+     [--multifund 10,25] [--peers 100,500] [--channels 1000] [--startup-runs 7]
+     [--quick]   (5 opens, N=5 only, multifund 5, 100 idle peers, 3 start-ups, 200 channels)
 
 Core Lightning figures printed beside ours are quoted from the text of issue 8, not measured here.
+Measured CLN columns need $CLN_LIGHTNINGD; without it one line says they are skipped.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from bench import bench_open, bench_startup
-from bench.benchlib import CLN_REFERENCE, ROOT
+from bench import bench_open, bench_peers, bench_startup
+from bench.benchlib import CLN_REFERENCE, DAEMON_FAILURES, ROOT, git_state
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -69,19 +71,6 @@ def table(res: dict) -> str:
     seq = res["open"]["sequential"]
     timing("fundchannel RPC, 2 nodes", seq["fundchannel_s"], CLN_REFERENCE["fundchannel_s"])
     timing(f"mine mindepth={seq['mindepth']} -> both NORMAL", seq["lockin_s"])
-    for c in res["open"]["concurrent"]:
-        ref = CLN_REFERENCE["concurrent_10_total_s"] if c["n"] == 10 else None
-        ok = f"{c['succeeded']}/{c['n']} ok"
-        rows.append(
-            (f"{c['n']} concurrent inbound opens: total", "", _ms(c["total_s"]),
-             f"{c['opens_per_s']:.1f} opens/s, {ok}", _ms(ref) if ref else "")
-        )  # fmt: skip
-        before, after = c["hub_memory_before"]["total"], c["hub_memory_after"]["total"]
-        rows.append(
-            ("  hub RSS / PSS before -> after", "",
-             f"{_mb(before['rss_kb'])} -> {_mb(after['rss_kb'])}",
-             f"{_mb(before['pss_kb'])} -> {_mb(after['pss_kb'])}", "")
-        )  # fmt: skip
     st = res["startup"]
     timing("start -> getinfo, empty db", st["empty_db_s"])
     timing("start -> getinfo, restart, no channels", st["restart_s"])
@@ -89,16 +78,33 @@ def table(res: dict) -> str:
         f"start -> getinfo, {seq['restart_stored_channels']} stored channels",
         seq["restart_with_channels_s"],
     )
-    lines = [f"{'figure':<46} {'min':>9} {'median':>16} {'p95':>26}  CLN (issue 8)"]
-    lines += [f"{a:<46} {b:>9} {c:>16} {d:>26}  {e}" for a, b, c, d, e in rows]
+    sc = st.get("stored_channels")
+    if sc:
+        timing(
+            f"start -> getinfo, {sc['written']['stored']} stored channels (SYNTHETIC rows)",
+            sc["start_s"],
+        )
+    lines = [f"{'figure':<60} {'min':>9} {'median':>9} {'p95':>9}  CLN (issue 8)"]
+    lines += [f"{a:<60} {b:>9} {c:>9} {d:>9}  {e}" for a, b, c, d, e in rows]
+    if sc and (sc["failure"] or any(ch.get("log") for ch in sc["checks"])):
+        lines.append(f"  stored channels: failure={sc['failure']} log={sc['checks'][-1]['log']}")
+    if sc and sc["checks"] and "states" in sc["checks"][-1]:
+        last = sc["checks"][-1]
+        lines.append(
+            f"  (synthetic rows, not on chain) listed {last['listed']} {last['states']}, "
+            f"listpeerchannels {_ms(last['listpeerchannels_s'])}, whole node "
+            f"PSS/USS {_mb(last['memory']['pss_kb'])} / {_mb(last['memory']['uss_kb'])}"
+        )
+    lines += ["", *concurrent_table(res["open"]), "", *multifund_table(res["open"])]
+    if res.get("peers"):
+        lines += ["", *peers_table(res["peers"])]
 
     lines.append("")
     lines.append(f"{'memory of l1 (PSS / USS)':<46} {'idle':>20} {'5 channels':>20}  CLN (issue 8)")
     idle = seq["memory_idle"]["l1"]
     five = (seq["memory_5_channels"] or {}).get("l1")
-    names = [p["name"] for p in idle["processes"]]
-    for name in names:
-        i = next(p for p in idle["processes"] if p["name"] == name)
+    for i in idle["processes"]:
+        name = i["name"]
         f = next((p for p in (five or {}).get("processes", []) if p["name"] == name), None)
         lines.append(
             f"{'  ' + name:<46} {_mb(i['pss_kb']) + ' / ' + _mb(i['uss_kb']):>20} "
@@ -107,7 +113,7 @@ def table(res: dict) -> str:
     od = seq["openingd_in_flight"]
     if od:
         lines.append(
-            f"{'  openingd (caught during an open)':<46} "
+            f"{'  ' + od['name'] + ' (caught during an open)':<46} "
             f"{_mb(od['pss_kb']) + ' / ' + _mb(od['uss_kb']):>20}"
         )
     tf = five["total"] if five else None
@@ -125,37 +131,164 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _mem3(m: dict | None) -> str:
+    """RSS / PSS / USS of a node_memory() total."""
+    if not m:
+        return "-"
+    t = m["total"]
+    return f"{t['rss_kb'] / 1024:.1f}/{t['pss_kb'] / 1024:.1f}/{t['uss_kb'] / 1024:.1f}"
+
+
+def _load(r: dict) -> str:
+    """1-min load average when the round started: other work on the machine shows here."""
+    la = r.get("loadavg_at_start")
+    return f"{la[0]:.1f}" if la else "-"
+
+
+def concurrent_table(op: dict) -> list[str]:
+    """Per N: time, rate, successes, hub memory at three points, USS growth per channel."""
+    lines = [
+        "N concurrent inbound opens (each spoke its own lightningd; hub RSS/PSS/USS in MB)",
+        f"{'N':>4} {'total':>9} {'opens/s':>8} {'ok':>8} {'lock-in':>8} {'hub before':>16} "
+        f"{'N connected':>16} {'N channels':>16} {'USS/chan':>9} {'load':>5}  CLN (issue 8)",
+    ]
+    for c in op.get("concurrent", []):
+        if "total_s" not in c:
+            lines.append(f"{c['n']:>4} FAILED: {c.get('failure')}")
+            continue
+        ref = CLN_REFERENCE["concurrent_10_total_s"] if c["n"] == 10 else None
+        lines.append(
+            f"{c['n']:>4} {_ms(c['total_s']):>9} {c['opens_per_s']:>8.1f} "
+            f"{str(c['succeeded']) + '/' + str(c['n']):>8} {_ms(c.get('lockin_all_s')):>8} "
+            f"{_mem3(c['hub_memory_before']):>16} {_mem3(c['hub_memory_connected']):>16} "
+            f"{_mem3(c.get('hub_memory_channels')):>16} "
+            f"{c['hub_uss_growth_per_channel_kb']:>6.0f} kB {_load(c):>5}  "
+            f"{_ms(ref) if ref else ''}"
+        )
+        if c.get("errors"):
+            lines.append(f"     errors: {c['errors'][:3]}")
+    if op.get("spokes"):
+        lines.append(
+            f"  ({op['spokes']} spokes started in {op['start_spokes_s']:.1f} s, all funded by"
+            f" one tx + 1 block in {op['fund_all_s']:.1f} s; stop failures:"
+            f" {len(op.get('stop_failures', []))})"
+        )
+    return lines
+
+
+def multifund_table(op: dict) -> list[str]:
+    lines = ["multifundchannel: one node opens to N peers in one call (one funding tx)"]
+    for m in op.get("multifundchannel", []):
+        if "total_s" not in m:
+            lines.append(f"{m['n']:>4} FAILED: {m.get('failure')}")
+            continue
+        lines.append(
+            f"{m['n']:>4} total {_ms(m['total_s'])}, {m['opens_per_s']:.1f} opens/s, "
+            f"{m['succeeded']}/{m['n']} ok, failed {len(m['failed'])}, "
+            f"lock-in {_ms(m.get('lockin_all_s'))}, load {_load(m)}"
+        )
+    return lines
+
+
+def peers_table(pe: dict) -> list[str]:
+    """Idle raw BOLT #8 peers (no channels): memory, growth per peer, lightningd's fds."""
+    lines = [
+        "idle connected peers (raw BOLT #8 + init from the bench process, no channels)",
+        f"{'peers':>6} {'RSS/PSS/USS MB':>18} {'per peer RSS/PSS/USS kB':>26} "
+        f"{'marginal USS kB':>16} {'lightningd fds':>15}",
+        f"{0:>6} {_mem3(pe['base']['memory']):>18} {'':>26} {'':>16} "
+        f"{pe['base']['lightningd_fds']:>15}",
+    ]
+    prev = pe["base"]
+    for s in pe["with_peers"]:
+        g = s["per_peer_kb"]
+        marginal = (s["memory"]["total"]["uss_kb"] - prev["memory"]["total"]["uss_kb"]) / max(
+            1, s["peers"] - prev["peers"]
+        )
+        lines.append(
+            f"{s['peers']:>6} {_mem3(s['memory']):>18} "
+            f"{g['rss_kb']:>8.1f}/{g['pss_kb']:.1f}/{g['uss_kb']:.1f} {marginal:>16.1f} "
+            f"{s['lightningd_fds']:>15}"
+        )
+        prev = s
+    a = pe["after_disconnect"]
+    lines.append(
+        f"{'after':>6} {_mem3(a['memory']):>18} {'(all disconnected)':>26} {'':>16} "
+        f"{a['lightningd_fds']:>15}"
+    )
+    return lines
+
+
+def daemon_dirty(git: dict) -> str:
+    """Uncommitted files outside bench/: the daemon measured is not exactly the commit."""
+    names = [ln.split()[-1] for ln in git["dirty"].splitlines() if ln.strip()]
+    return ", ".join(n for n in names if not n.startswith("bench/"))
+
+
+def cln_note() -> str:
+    """Measured CLN columns need a CLN binary; this suite does not build one."""
+    path = os.environ.get("CLN_LIGHTNINGD")
+    if not path:
+        return (
+            "CLN: CLN_LIGHTNINGD is unset: measured CLN columns SKIPPED "
+            "(the CLN column only quotes issue 8)."
+        )
+    return (
+        f"CLN: CLN_LIGHTNINGD={path} is set, but measuring CLN is not implemented in this "
+        "suite yet: measured CLN columns SKIPPED (the CLN column only quotes issue 8)."
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--opens", type=int, default=8)
-    parser.add_argument("--concurrent", default="5,10")
+    parser.add_argument("--concurrent", default="10,25,50,100")
+    parser.add_argument("--multifund", default="10,25")
+    parser.add_argument("--peers", default="100,500")
+    parser.add_argument("--channels", type=int, default=1000)
     parser.add_argument("--startup-runs", type=int, default=7)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-micro", action="store_true", help="skip bench_wire/transport")
     args = parser.parse_args(argv)
     if args.quick:
         args.opens, args.concurrent, args.startup_runs = 5, "5", 3
+        args.multifund, args.peers, args.channels = "5", "100", 200
     started = time.time()
     res: dict = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpu, "
         f"Python {platform.python_version()}",
         "cln_reference_from_issue_text": CLN_REFERENCE,
+        "git_at_start": git_state(),
+        "cln": cln_note(),
     }
+    print(res["cln"], file=sys.stderr)
     print("open latency / lock-in / memory / concurrent opens ...", file=sys.stderr)
-    res["open"] = _quiet(
-        bench_open.main, ["--opens", str(args.opens), "--concurrent", args.concurrent]
-    )
+    open_argv = ["--opens", str(args.opens), "--concurrent", args.concurrent]
+    res["open"] = _quiet(bench_open.main, [*open_argv, "--multifund", args.multifund])
+    print("idle peers ...", file=sys.stderr)
+    res["peers"] = _quiet(bench_peers.main, ["--peers", args.peers]) if args.peers else None
     print("start-up ...", file=sys.stderr)
-    res["startup"] = _quiet(bench_startup.main, ["--runs", str(args.startup_runs)])
+    res["startup"] = _quiet(
+        bench_startup.main, ["--runs", str(args.startup_runs), "--channels", str(args.channels)]
+    )
     if not args.no_micro:
         print("wire / transport ...", file=sys.stderr)
         res["micro"] = _micro()
     res["elapsed_s"] = time.time() - started
+    res["git_at_end"] = git_state()
+    res["daemon_failures"] = DAEMON_FAILURES
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(res, indent=2))
     print(table(res))
+    print(res["cln"])
+    for failure in res["daemon_failures"]:
+        print(f"DAEMON FAILURE: {failure[:600]}")
+    print(
+        f"git {res['git_at_start']['commit']}; daemon files uncommitted at start: "
+        f"{daemon_dirty(res['git_at_start']) or 'none'}; elapsed {res['elapsed_s']:.0f} s"
+    )
     for name, text in res.get("micro", {}).items():
         print(f"\n{name}:\n{text.rstrip()}")
     print(f"\nJSON: {path.relative_to(ROOT)}")

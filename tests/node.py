@@ -138,9 +138,16 @@ class NodeFactory:
         return [self.get_node(*options) for _ in range(count)]
 
     def teardown(self) -> None:
+        """Stop every node, even after one fails its clean-exit check; then report the first
+        failure (a node left running would poll a chain that is gone for ever)."""
+        failures: list[BaseException] = []
         for node in self.nodes:
             if node.proc is not None and node.proc.poll() is None:
                 try:
                     node.stop()
+                except BaseException as exc:
+                    failures.append(exc)
                 finally:
                     node.kill()
+        if failures:
+            raise failures[0]
