@@ -32,7 +32,6 @@ from lightningd.jsonrpc_errors import (
     JSONRPC2_INVALID_PARAMS,
     JSONRPC2_INVALID_REQUEST,
     JSONRPC2_METHOD_NOT_FOUND,
-    JSONRPC2_PARSE_ERROR,
     LIGHTNINGD,
 )
 
@@ -70,11 +69,16 @@ class RpcSocketError(RuntimeError):
 
 
 class ParamError(ValueError):
-    """Raised by a parser: `should` completes CLN's "<name>: should be ..." message."""
+    """Raised by a parser: `should` completes CLN's "<name>: should be ..." message.
 
-    def __init__(self, should: str) -> None:
-        super().__init__(should)
+    `message`, if given, is the whole error text instead: a few CLN parsers word their
+    own (param_outpoint_arr, for one).
+    """
+
+    def __init__(self, should: str, message: str | None = None) -> None:
+        super().__init__(message or should)
         self.should = should
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ def make_parser(should: str, convert: Callable[[Any], Any]) -> Parser:
 
 def param_string(value: Any) -> str:
     # CLN's param_string takes the token text whatever its type: 42 gives "42".
-    return value if isinstance(value, str) else _token(value)
+    return value if isinstance(value, str) else json_token(value)
 
 
 def param_bool(value: Any) -> bool:
@@ -225,7 +229,7 @@ def param_msat_or_any(value: Any) -> AmountMsat | None:
     return param_msat(value)
 
 
-def _token(value: Any) -> str:
+def json_token(value: Any) -> str:
     """The value as JSON text: CLN quotes the raw token, strings with their quotes."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -275,12 +279,13 @@ class _ParamContext:
         self.log = log
 
     def bad(self, param: Param, value: Any, should: str) -> RpcError:
+        token = json_token(value)
         if self.show_token:
             return RpcError(
-                JSONRPC2_INVALID_PARAMS, f"{param.name}: {should}: invalid token '{_token(value)}'"
+                JSONRPC2_INVALID_PARAMS, f"{param.name}: {should}: invalid token '{token}'"
             )
         # The token may be a secret (a rune in quotes, say): keep it to the log.
-        self.log.info("Invalid parameter %s (%s): token '%s'", param.name, should, _token(value))
+        self.log.debug("Invalid parameter %s (%s): token '%s'", param.name, should, token)
         return RpcError(
             JSONRPC2_INVALID_PARAMS, f"{param.name}: {should}: invalid token (see logs for details)"
         )
@@ -290,6 +295,8 @@ def _parse_one(param: Param, value: Any, ctx: _ParamContext) -> Any:
     try:
         return param.parser(value)
     except ParamError as exc:
+        if exc.message is not None:
+            raise RpcError(JSONRPC2_INVALID_PARAMS, exc.message) from None
         raise ctx.bad(param, value, exc.should) from None
 
 
@@ -521,7 +528,8 @@ class _Connection:
         except _BadInput as exc:
             self.send(_error_response(None, exc.code, exc.message))
         except UnicodeDecodeError:
-            self.send(_error_response(None, JSONRPC2_PARSE_ERROR, "Invalid UTF-8 in json input"))
+            message = "Invalid UTF-8 in json input"
+            self.send(_error_response(None, JSONRPC2_INVALID_REQUEST, message))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -572,8 +580,9 @@ def _utf8_decoder() -> Any:
 
 
 def _parse_error(text: str) -> _BadInput:
+    # CLN answers unparseable input as a malformed request (-32600), not -32700.
     echo = text.encode()[:_PARSE_ERROR_ECHO].hex()
-    return _BadInput(JSONRPC2_PARSE_ERROR, f"Invalid token in json input: '{echo}'")
+    return _BadInput(JSONRPC2_INVALID_REQUEST, f"Invalid token in json input: '{echo}'")
 
 
 def _error_response(req_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:

@@ -466,7 +466,14 @@ def _set_network(network: str | None) -> Setter:
 
 
 def _set_abspath(attr: str) -> Setter:
-    return _set(attr, lambda v: os.path.abspath(os.path.expanduser(v)))
+    return _set(attr, _abspath)
+
+
+def _abspath(value: str) -> str:
+    # abspath("") is the current directory: an empty --conf= would read that.
+    if not value:
+        raise ValueError("needs a path")
+    return os.path.abspath(os.path.expanduser(value))
 
 
 def _set_log_level(cfg: Config, value: str | None) -> None:
@@ -1031,6 +1038,17 @@ def _finish(cfg: Config) -> None:
         cfg.bitcoin_rpcport = cfg._rpcconnect_port
     if cfg.daemon and not cfg.log_file:
         raise OptionError("--daemon needs --log-file")
+    # lightningd creates the network dir (and chdirs into it): a file on the way is fatal.
+    blocker = _existing_ancestor(cfg.network_dir)
+    if not os.path.isdir(blocker):
+        raise OptionError(f"--lightning-dir={cfg.lightning_dir}: {blocker} is not a directory")
+
+
+def _existing_ancestor(path: str) -> str:
+    """`path` itself if it exists, else its closest existing parent."""
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
 
 
 def parse_options(argv: list[str]) -> Config:

@@ -53,10 +53,10 @@ from lightningd.jsonrpc import (
     Param,
     ParamError,
     RpcError,
+    json_token,
     param_bool,
     param_number,
     param_sat_or_all,
-    param_string,
     param_u32,
 )
 from lightningd.jsonrpc_errors import (
@@ -128,6 +128,19 @@ def address_to_script(address: str, chain: ChainParams) -> bytes | None:
     if version is not None and program is not None:
         op = 0 if version == 0 else 0x50 + version
         return bytes([op, len(program)]) + bytes(program)
+    payload = _base58_payload(address)
+    if payload is None:
+        return None
+    p2pkh, p2sh = _BASE58_VERSIONS[chain.testnet]
+    if payload[0] == p2pkh:
+        return b"\x76\xa9\x14" + payload[1:] + b"\x88\xac"
+    if payload[0] == p2sh:
+        return b"\xa9\x14" + payload[1:] + b"\x87"
+    return None
+
+
+def _base58_payload(address: str) -> bytes | None:
+    """The version byte and hash of a well-formed base58check address, any network."""
     try:
         raw = base58.decode(address)
     except Exception:  # bitcointx raises its own error types for bad characters
@@ -136,12 +149,7 @@ def address_to_script(address: str, chain: ChainParams) -> bytes | None:
     digest = hashlib.sha256(hashlib.sha256(payload).digest()).digest()
     if len(payload) != 21 or digest[:4] != check:
         return None
-    p2pkh, p2sh = _BASE58_VERSIONS[chain.testnet]
-    if payload[0] == p2pkh:
-        return b"\x76\xa9\x14" + payload[1:] + b"\x88\xac"
-    if payload[0] == p2sh:
-        return b"\xa9\x14" + payload[1:] + b"\x87"
-    return None
+    return payload
 
 
 def parse_account_xpub(xpub: str) -> Any:
@@ -679,7 +687,7 @@ class Wallet:
             "withdraw",
             self.json_withdraw,
             [
-                Param("destination", param_string),
+                Param("destination", self.param_destination),
                 Param("satoshi", param_sat_or_all),
                 Param("feerate", param_feerate, required=False),
                 Param("minconf", param_number, required=False, default=1),
@@ -708,6 +716,24 @@ class Wallet:
             ],
             category="bitcoin",
             description="Unreserve utxos (or at least, reduce their reservation)",
+        )
+
+    def param_destination(self, value: Any) -> str:
+        """withdraw's `destination`, checked in parameter order as CLN does."""
+        self.destination_script(value)
+        return value
+
+    def destination_script(self, address: Any) -> bytes:
+        """scriptPubKey of an address on our chain; CLN fails others with code -1, not as
+        a bad parameter (common/json_param.c param_bitcoin_address)."""
+        script = address_to_script(address, self.chain) if isinstance(address, str) else None
+        if script is not None:
+            return script
+        if isinstance(address, str) and _base58_payload(address) is not None:
+            network = self.chain.network
+            raise RpcError(LIGHTNINGD, f"Destination address is not on network {network}")
+        raise RpcError(
+            LIGHTNINGD, "Could not parse destination address, destination should be a valid address"
         )
 
     async def json_newaddr(self, addresstype: str) -> dict[str, str]:
@@ -757,12 +783,7 @@ class Wallet:
         minconf: int,
         utxos: list[tuple[bytes, int]] | None,
     ) -> dict[str, Any]:
-        script = address_to_script(destination, self.chain)
-        if script is None:
-            raise RpcError(
-                JSONRPC2_INVALID_PARAMS,
-                "Could not parse destination address, destination should be a valid address",
-            )
+        script = self.destination_script(destination)
         perkw = self.topology.resolve_feerate("opening" if feerate is None else feerate)
         funded, signed = await self.fund_outputs([(script, satoshi)], perkw, minconf, utxos)
         try:
@@ -864,24 +885,33 @@ def param_addresstype(value: Any) -> str:
 
 
 def param_outpoints(value: Any) -> list[tuple[bytes, int]]:
-    """An array of "txid:vout" (txid as printed), as CLN's utxos parameters."""
+    """An array of "txid:vout" (txid as printed), with CLN's errors (param_outpoint_arr)."""
     if not isinstance(value, list):
-        raise ParamError("should be an array")
-    points = []
-    for item in value:
-        txid, sep, vout = item.partition(":") if isinstance(item, str) else ("", "", "")
-        try:
-            raw = bytes.fromhex(txid)
-        except ValueError:
-            raw = b""
-        if not sep or len(raw) != 32 or not vout.isdigit():
-            raise ParamError("should be an array of 'txid:vout' strings")
-        points.append((raw[::-1], int(vout)))
-    return points
+        text = value if isinstance(value, str) else json_token(value)
+        raise ParamError(
+            "should be an array",
+            f'Could not decode the outpoint array for utxos: "{text}" is not a valid outpoint'
+            " array.",
+        )
+    return [_outpoint(item) for item in value]
+
+
+def _outpoint(item: Any) -> tuple[bytes, int]:
+    txid, sep, vout = item.partition(":") if isinstance(item, str) else ("", "", "")
+    try:
+        raw = bytes.fromhex(txid)
+    except ValueError:
+        raw = b""
+    if not sep or len(raw) != 32 or not (vout.isascii() and vout.isdigit()) or int(vout) >= 2**32:
+        raise ParamError(
+            "should be 'txid:output'",
+            f'Could not decode outpoint "{json_token(item)}", expected format: txid:output',
+        )
+    return raw[::-1], int(vout)
 
 
 def param_psbt(value: Any) -> PartiallySignedTransaction:
     try:
         return PartiallySignedTransaction.from_base64(value)
     except Exception:  # bitcointx raises several types for bad input
-        raise ParamError("should be a PSBT") from None
+        raise ParamError("Expected a PSBT") from None

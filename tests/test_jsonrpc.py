@@ -354,14 +354,14 @@ def test_invalid_json_closes_connection(raw: RawClient):
     raw.send('{"jsonrpc": "2.0", "id": 1, oops}')
     reply = raw.recv()
     assert reply["id"] is None
-    assert reply["error"]["code"] == -32700
+    assert reply["error"]["code"] == -32600  # CLN: a malformed request
     assert reply["error"]["message"].startswith("Invalid token in json input: '7b22")
     assert raw.at_eof()
 
 
 def test_invalid_utf8_closes_connection(raw: RawClient):
     raw.send(b'{"jsonrpc": "2.0", "id": 1, "method": "\xff\xfe", "params": []}')
-    assert raw.recv()["error"]["code"] == -32700
+    assert raw.recv()["error"]["code"] == -32600
     assert raw.at_eof()
 
 
