@@ -20,7 +20,7 @@ from common.features import Feature, negotiated, our_features
 from gossipd import gossipd_wiregen as wire
 from lightningd.bitcoind import BitcoindError, BitcoindUnreachable
 from lightningd.chaintopology import Block, parse_block
-from lightningd.jsonrpc import Param, RpcError, param_node_id, param_string
+from lightningd.jsonrpc import Param, RpcError, make_parser, param_node_id
 from lightningd.jsonrpc_errors import LIGHTNINGD
 from lightningd.subd import Subd
 
@@ -35,14 +35,20 @@ GOSSIP_TYPES = range(256, 266)
 
 
 def parse_scid(text: str) -> int:
-    """ "103x1x0" (CLN's form) to the u64 of BOLT #7."""
+    """ "103x1x0" (CLN's form) to the u64 of BOLT #7; ValueError if it is not one."""
+    if not isinstance(text, str):
+        raise TypeError(f"not a short_channel_id: {text!r}")
     parts = text.split("x")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise RpcError(-32602, f"short_channel_id: should be a short_channel_id: {text}")
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ValueError(f"not a short_channel_id: {text!r}")
     block, tx, out = (int(p) for p in parts)
     if block >= 2**24 or tx >= 2**24 or out >= 2**16:
-        raise RpcError(-32602, f"short_channel_id: out of range: {text}")
+        raise ValueError(f"short_channel_id out of range: {text!r}")
     return block << 40 | tx << 16 | out
+
+
+# CLN's param_short_channel_id: "short_channel_id: should be a short_channel_id of form NxNxN".
+param_short_channel_id = make_parser("should be a short_channel_id of form NxNxN", parse_scid)
 
 
 class GossipControl:
@@ -196,7 +202,7 @@ class GossipControl:
             "listchannels",
             self.json_listchannels,
             [
-                Param("short_channel_id", param_string, required=False),
+                Param("short_channel_id", param_short_channel_id, required=False),
                 Param("source", param_node_id, required=False),
                 Param("destination", param_node_id, required=False),
             ],
@@ -214,13 +220,14 @@ class GossipControl:
 
     async def json_listchannels(
         self,
-        short_channel_id: str | None = None,
+        short_channel_id: int | None = None,
         source: bytes | None = None,
         destination: bytes | None = None,
     ) -> dict:
-        scid = parse_scid(short_channel_id) if short_channel_id is not None else None
         reply = await self._request(
-            wire.GossipdListchannels(short_channel_id=scid, source=source, destination=destination)
+            wire.GossipdListchannels(
+                short_channel_id=short_channel_id, source=source, destination=destination
+            )
         )
         return json.loads(reply.json)
 

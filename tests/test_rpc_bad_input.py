@@ -172,6 +172,7 @@ def bad(method: str, params: Any, name: str, should: str, token: Any) -> tuple:
 
 
 BOOL = "should be 'true' or 'false'"
+SCID = "should be a short_channel_id of form NxNxN"
 SAT, MSAT, NODE_ID = (
     "should be a satoshi amount",
     "should be a millisatoshi amount",
@@ -232,6 +233,11 @@ PARAM_ROWS = [
     ("fundchannel_start", [UNKNOWN_PEER, 100_000], 305, "Peer not connected"),
     ("fundchannel_cancel", [UNKNOWN_PEER], 307, "No channel funding in progress."),
     ("disconnect", [UNKNOWN_PEER], -1, "Peer not connected"),
+    # short_channel_ids (common/json_param.c param_short_channel_id).
+    *[
+        bad("listchannels", [scid], "short_channel_id", SCID, scid)
+        for scid in ("5", "1x2", "1x2x3x4", "ax1x0", "16777216x0x0", "1x1x65536", 103)
+    ],
     # Feerates.
     *[
         bad("withdraw", [W, 10_000, rate], "feerate", FEERATE_SHOULD, rate)
