@@ -3,11 +3,14 @@
 Pure functions over raw messages, so the master's event loop and the
 blocking subdaemons apply the same rules: the `init` exchange and feature
 checks, answering `ping`, surfacing `error`/`warning`, ignoring unknown odd
-messages and refusing unknown even ones.
+messages and refusing unknown even ones; and the token bucket that holds a
+peer to a message rate (pings in lightningd, gossip in gossipd).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from common import features as feat
@@ -26,6 +29,27 @@ class PeerProtocolError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.warning = warning
+
+
+class TokenBucket:
+    """`take` is False when the peer has used up its allowance: `burst` at once, refilled
+    at `rate` per second."""
+
+    def __init__(
+        self, burst: float, rate: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst, self.rate, self.clock = burst, rate, clock
+        self.tokens = burst
+        self.stamp = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 @dataclass(frozen=True)

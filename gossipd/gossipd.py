@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common import subdaemon
 from common.daemon_conn import AsyncDaemonConn
+from common.read_peer_msg import TokenBucket
 from common.status import Status, async_sender
 from gossipd import gossipd_wiregen as gw
 from gossipd.gossip_store import GossipStore, channel_amount_msg, parse_channel_amount
@@ -45,26 +44,6 @@ QUERY_TYPES = (261, 262, 263, 264, 265)
 # Per-peer rate limit on incoming gossip: a token bucket.
 RATE_BURST = 1000
 RATE_PER_SEC = 100.0
-
-
-class TokenBucket:
-    """`take` is False when the peer has used up its allowance."""
-
-    def __init__(
-        self, burst: float, rate: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.burst, self.rate, self.clock = burst, rate, clock
-        self.tokens = burst
-        self.stamp = clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 @dataclass
@@ -190,7 +169,12 @@ class Gossipd:
                 )
                 await self.send_peer(m.peer_id, ask.encode())
         elif isinstance(m, gw.GossipdPeerGone):
-            self.peers.pop(m.peer_id, None)
+            peer = self.peers.pop(m.peer_id, None)
+            if peer is not None and peer.dropped:
+                self.status.info(
+                    f"peer {m.peer_id.hex()}: dropped {peer.dropped} gossip messages "
+                    "over the rate limit"
+                )
         elif isinstance(m, gw.GossipdRecvGossip):
             await self.from_peer(m.peer_id, m.msg)
         elif isinstance(m, gw.GossipdGetTxoutReply):
@@ -221,10 +205,13 @@ class Gossipd:
         msgtype = int.from_bytes(msg[:2], "big")
         if msgtype in GOSSIP_TYPES:
             if not peer.bucket.take():
+                # Logged once: a line per dropped message would let the flood into the log.
+                if not peer.dropped:
+                    self.status.info(
+                        f"peer {peer_id.hex()}: gossip over {RATE_PER_SEC:g}/s "
+                        f"(burst {RATE_BURST}): dropping the excess"
+                    )
                 peer.dropped += 1
-                self.status.info(
-                    f"peer {peer_id.hex()}: rate limit, dropped gossip ({peer.dropped} so far)"
-                )
                 return
             await self.handle_gossip(peer_id, msg)
         elif msgtype in QUERY_TYPES:

@@ -5,6 +5,10 @@ A peer arrives here after the BOLT #8 handshake and the `init` exchange
 one small task: this module answers pings, sends our own, logs errors and
 warnings, and applies BOLT #1's rules for unknown messages. Channel messages
 will be handed, with the connection, to a subdaemon (openingd, channeld).
+
+It also keeps one peer from hurting the node: a ping flood closes the
+connection, and an open_channel beyond the node-wide cap on opens in flight
+is refused before any openingd starts (gossipd caps each peer's gossip rate).
 """
 
 from __future__ import annotations
@@ -22,15 +26,19 @@ from common.cryptomsg import CryptoState
 from common.features import feature_names
 from common.peer_io import AsyncPeerConnection, ConnectionClosed, Handover
 from common.read_peer_msg import (
+    ALL_CHANNELS,
     Deliver,
     Ignored,
     PeerError,
     PeerInit,
     PeerProtocolError,
     Reply,
+    TokenBucket,
     handle_peer_msg,
     make_error,
+    make_warning,
 )
+from lightningd.channel import REMOTE
 from lightningd.gossip_control import GOSSIP_TYPES
 from lightningd.jsonrpc import Param, RpcError, param_bool, param_node_id
 from lightningd.jsonrpc_errors import LIGHTNINGD
@@ -44,6 +52,14 @@ HANDED_OVER = object()
 # Core Lightning pings an idle peer about once a minute and gives it 30 seconds to answer.
 PING_INTERVAL = 60.0
 PONG_TIMEOUT = 30.0
+# BOLT #1: "Limited precautions are recommended against `ping` flooding, however some
+# latitude is given because of network delays." Ten at once, then one a second.
+PING_BURST = 10
+PING_PER_SEC = 1.0
+PING_FLOOD = "Peer sent too many pings"
+# Peers' opens in flight at once, node-wide: each one holds an openingd process.
+MAX_OPENS_IN_FLIGHT = 64
+TOO_MANY_OPENS = "Too many channel opens in flight: try again later"
 SOURCE = "lightningd"
 
 
@@ -75,6 +91,7 @@ class Peer:
     task: asyncio.Task[None] | None = None
     pong_expected: int | None = None
     disconnect_reason: str | None = None
+    pings: TokenBucket = field(default_factory=lambda: TokenBucket(PING_BURST, PING_PER_SEC))
 
     def connect_result(self) -> dict:
         """What `connect` returns for this peer."""
@@ -99,7 +116,11 @@ class PeerControl:
         if old is not None:
             await self.disconnect(old, "reconnected")
         self.peers[peer.node_id] = peer
-        self.ld.db.add_peer(peer.node_id, str(peer.address))
+        if peer.direction == "out":
+            # The address we dialled, for a later `connect <id>`. An incoming peer's is an
+            # ephemeral port, and storing it would give every stranger a row and an fsync
+            # that stalls the event loop (a channel stores its peer's address anyway).
+            self.ld.db.add_peer(peer.node_id, str(peer.address))
         self.ld.log.info(
             SOURCE,
             f"Peer connected ({peer.direction}) from {peer.address}, features "
@@ -191,7 +212,12 @@ class PeerControl:
 
     async def _handle(self, peer: Peer, raw: bytes) -> object:
         event = handle_peer_msg(raw)
+        if raw[:2] == wire.Ping.TYPE.to_bytes(2, "big") and not peer.pings.take():
+            raise PeerProtocolError(PING_FLOOD, make_warning(ALL_CHANNELS, PING_FLOOD))
         if isinstance(event, Deliver) and isinstance(event.msg, wire.OpenChannel):
+            if self._opens_in_flight() >= MAX_OPENS_IN_FLIGHT:
+                await self._refuse_open(peer, event.msg)
+                return None
             await self.ld.opening.peer_open_channel(peer, raw)
             return HANDED_OVER if peer.conn is None else None
         if isinstance(event, Deliver) and isinstance(event.msg, wire.AnnouncementSignatures):
@@ -213,6 +239,20 @@ class PeerControl:
             self.ld.log.info(SOURCE, f"Peer sent {kind}: {event.text}", peer.node_id)
         elif isinstance(event, Deliver):
             await self._unexpected_channel_message(peer, event)
+
+    def _opens_in_flight(self) -> int:
+        """Opens peers started that are still negotiating (ours are the user's business)."""
+        return sum(
+            p.uncommitted.opener == REMOTE and not p.done for p in self.ld.opening.opens.values()
+        )
+
+    async def _refuse_open(self, peer: Peer, msg: wire.OpenChannel) -> None:
+        self.ld.log.unusual(
+            SOURCE, f"Refusing open_channel: {MAX_OPENS_IN_FLIGHT} opens in flight", peer.node_id
+        )
+        # BOLT #1: the fundee, for errors "sent before (and not including) the
+        # `funding_signed` message: MUST use `temporary_channel_id` in lieu of `channel_id`."
+        await peer.conn.write_message(make_error(msg.temporary_channel_id, TOO_MANY_OPENS))
 
     async def _unexpected_channel_message(self, peer: Peer, event: Deliver) -> None:
         """A message about a channel we do not have (no channel subdaemon yet)."""

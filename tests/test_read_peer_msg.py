@@ -10,6 +10,7 @@ from common.read_peer_msg import (
     PeerError,
     PeerProtocolError,
     Reply,
+    TokenBucket,
     check_init,
     handle_peer_msg,
     make_init,
@@ -119,3 +120,14 @@ def test_known_message_is_delivered_and_second_init_refused():
     assert handle_peer_msg(msg.encode()) == Deliver(msg)
     with pytest.raises(PeerProtocolError, match="init received twice"):
         handle_peer_msg(make_init(our_features(), REGTEST))
+
+
+def test_token_bucket_refill_never_exceeds_the_burst():
+    """A peer idle for an hour still gets only `burst` messages at once (pings, gossip)."""
+    now = [0.0]
+    bucket = TokenBucket(2, 0.5, lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    now[0] = 1.0  # half a token: still nothing
+    assert not bucket.take()
+    now[0] = 3600.0
+    assert [bucket.take() for _ in range(3)] == [True, True, False]

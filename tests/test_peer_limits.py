@@ -1,0 +1,320 @@
+"""Limits that keep one peer from hurting the node, each tested over real connections.
+
+A stalled or dripping BOLT #8 handshake is dropped after HANDSHAKE_TIMEOUT
+(the full 60 s only under --stress) and never holds up other peers; one v1 open
+per peer; a node-wide cap on peers' opens in flight; the 65535-byte message
+limit and corrupt frames; ping floods; gossip floods. After each, lightningd
+is alive (getinfo), other peers are served, and nothing was half-stored.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import threading
+import time
+
+import pytest
+
+from gossipd.gossipd import RATE_BURST
+from lightningd.connect_control import HANDSHAKE_TIMEOUT, INIT_TIMEOUT
+from lightningd.peer_control import MAX_OPENS_IN_FLIGHT, PING_BURST, PING_FLOOD, TOO_MANY_OPENS
+from tests.node import wait_for
+from tests.opening_peer import OpeningPeer
+from tests.scripted_peer import REGTEST, ScriptedPeer, init_msg
+from wire import peer_wiregen as wire
+
+ACT_ONE_LEN = 50
+
+
+def connected(node, secret: bytes) -> ScriptedPeer:
+    """A peer past handshake and init, answering nothing yet."""
+    peer = ScriptedPeer(secret)
+    peer.connect(node.id, node.port)
+    peer.send(init_msg())
+    assert isinstance(peer.recv(), wire.Init)
+    return peer
+
+
+def ping_pong(peer: ScriptedPeer, num_pong_bytes: int = 7, ignored: bytes = b"") -> wire.Pong:
+    peer.send(wire.Ping(num_pong_bytes=num_pong_bytes, ignored=ignored).encode())
+    while True:
+        msg = peer.recv_skipping_pings()
+        if isinstance(msg, wire.Pong):
+            assert msg.ignored == bytes(num_pong_bytes)
+            return msg
+
+
+def closed(peer: ScriptedPeer) -> bool:
+    """True once the node hangs up (EOF or reset), whatever it sent before."""
+    try:
+        while True:
+            peer.recv()
+    except (EOFError, ConnectionError):
+        return True
+
+
+def assert_alive(node, *others: ScriptedPeer) -> None:
+    """The master answers RPC and still serves the other peers."""
+    assert node.rpc.getinfo()["id"] == node.id
+    for other in others:
+        ping_pong(other)
+
+
+def peer_ids(node) -> set[str]:
+    return {p["id"] for p in node.rpc.listpeers()["peers"]}
+
+
+def channel_states(node) -> list[str]:
+    return [c["state"] for c in node.rpc.listpeerchannels()["channels"]]
+
+
+# --- the handshake ---------------------------------------------------------------------
+
+
+def stall(node, how: str) -> socket.socket:
+    """A TCP connection that never completes Act One: silent, half of it, or dripping."""
+    sock = socket.create_connection(("127.0.0.1", node.port))
+    if how == "half":
+        sock.sendall(b"\x00" * (ACT_ONE_LEN // 2))
+    return sock
+
+
+def hung_up_after(sock: socket.socket, drip_every: float | None, limit: float) -> float | None:
+    """Seconds until the node closes `sock` (None if it did not within `limit`); with
+    `drip_every`, one byte of Act One goes out each time (never all 50 in time)."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if drip_every is not None:
+            try:
+                sock.send(b"\x00")
+            except OSError:
+                return time.monotonic() - start
+        ready, _, _ = select.select([sock], [], [], drip_every or 1.0)
+        if ready:
+            try:
+                if sock.recv(1) == b"":
+                    return time.monotonic() - start
+            except OSError:
+                return time.monotonic() - start
+    return None
+
+
+def test_stalled_handshakes_do_not_hold_up_other_peers(node_factory):
+    """Silent, half-sent and dripping handshakes are pending while a real peer connects,
+    talks and the RPC answers: one task each, nothing blocks the loop."""
+    l1 = node_factory.get_node()
+    stalled = [stall(l1, "silent"), stall(l1, "half"), stall(l1, "drip")]
+    for _ in range(3):
+        stalled[2].sendall(b"\x00")
+        good = connected(l1, b"\x31" * 32)
+        assert_alive(l1, good)
+        good.conn.close()
+    # None of them became a peer; the one good peer came and went three times.
+    wait_for(lambda: peer_ids(l1) == set(), what="the good peer to be gone")
+    for sock in stalled:
+        assert select.select([sock], [], [], 0)[0] == []  # still open: 60 s not up yet
+        sock.close()
+    assert_alive(l1)
+
+
+@pytest.mark.stress
+def test_handshake_and_init_timeouts(node_factory):
+    """CLN's 60 s: a silent, a dripping (1 byte / 2 s) and an init-less connection are
+    all closed once it is up, not before; other peers are served meanwhile."""
+    l1 = node_factory.get_node()
+    silent, drip = stall(l1, "silent"), stall(l1, "drip")
+    no_init = ScriptedPeer(b"\x32" * 32)
+    no_init.connect(l1.id, l1.port)  # handshake done, init never sent
+    limit = max(HANDSHAKE_TIMEOUT, INIT_TIMEOUT) + 30
+    waits = {
+        "silent": (silent, None),
+        "drip": (drip, 2.0),
+        "no_init": (no_init.conn.sock, None),
+    }
+    took: dict[str, float | None] = {}
+    threads = [
+        threading.Thread(target=lambda k=k, s=s, d=d: took.update({k: hung_up_after(s, d, limit)}))
+        for k, (s, d) in waits.items()
+    ]
+    for t in threads:
+        t.start()
+    good = connected(l1, b"\x33" * 32)
+    assert_alive(l1, good)
+    for t in threads:
+        t.join()
+    print(f"closed after: {took}")
+    for key in ("silent", "drip"):
+        assert took[key] is not None and HANDSHAKE_TIMEOUT - 1 <= took[key] <= limit, took
+    assert took["no_init"] is not None and INIT_TIMEOUT - 1 <= took["no_init"] <= limit, took
+    logs = l1.logs()
+    assert len(re.findall(r"failed: TIMEOUT: handshake timed out \(after 60\.0s\)", logs)) == 2
+    assert "Incoming connection failed: timed out waiting for init" in logs
+    assert_alive(l1, good)
+    assert peer_ids(l1) == {good.node_id.hex()}
+
+
+# --- opens in flight -------------------------------------------------------------------
+
+
+def stalled_open(node, seed: bytes) -> OpeningPeer:
+    """A peer whose open waits after accept_channel (no funding_created)."""
+    peer = OpeningPeer(seed)
+    peer.connect_to(node)
+    peer.send_open_channel()
+    peer.read_accept_channel()
+    return peer
+
+
+def test_second_open_channel_while_one_is_in_flight(node_factory):
+    """One v1 open per peer: while openingd negotiates, a second open_channel (another
+    temporary_channel_id) fails the negotiation in flight; nothing is stored and the peer
+    may open again at once."""
+    l1 = node_factory.get_node()
+    peer = stalled_open(l1, b"twice")
+    first = peer.open_msg
+    second = peer.send_open_channel(temporary_channel_id=b"\x77" * 32)
+    error = peer.expect_error()
+    assert error.channel_id == first.temporary_channel_id
+    assert error.data.decode() == "Unexpected message open_channel waiting for funding_created"
+    wait_for(lambda: channel_states(l1) == [], what="the failed open to disappear")
+    assert second.temporary_channel_id != first.temporary_channel_id
+    assert l1.rpc.getinfo()["num_pending_channels"] == 0
+    # The connection came back to lightningd: a fresh open goes through.
+    peer.send_open_channel()
+    peer.read_accept_channel()
+    peer.send_funding_created()
+    peer.read_funding_signed()
+    assert channel_states(l1) == ["CHANNELD_AWAITING_LOCKIN"]
+
+
+def test_cap_on_opens_in_flight(node_factory):
+    """MAX_OPENS_IN_FLIGHT peers each hold an open after accept_channel: the next peer's
+    open_channel is refused with an error on its temporary_channel_id, before any openingd
+    starts, and its connection stays up; when one open ends the slot is free again."""
+    l1 = node_factory.get_node()
+    holding = [stalled_open(l1, b"hold %d" % i) for i in range(MAX_OPENS_IN_FLIGHT)]
+    late = OpeningPeer(b"late")
+    late.connect_to(l1)
+    sent = late.send_open_channel()
+    error = late.expect_error()
+    assert (error.channel_id, error.data.decode()) == (sent.temporary_channel_id, TOO_MANY_OPENS)
+    assert channel_states(l1) == ["OPENINGD"] * MAX_OPENS_IN_FLIGHT
+    assert late.ping_pong()  # still connected: only the channel was refused
+    assert_alive(l1)
+    l1.wait_for_log(f"Refusing open_channel: {MAX_OPENS_IN_FLIGHT} opens in flight")
+    # One holder gives up: its openingd ends and the cap lets the late peer in.
+    holding.pop().close()
+    wait_for(lambda: len(channel_states(l1)) == MAX_OPENS_IN_FLIGHT - 1, what="a free slot")
+    late.send_open_channel()
+    late.read_accept_channel()
+    late.send_funding_created()
+    late.read_funding_signed()
+    for peer in holding:
+        peer.close()
+    wait_for(lambda: channel_states(l1) == ["CHANNELD_AWAITING_LOCKIN"], what="stalled opens gone")
+    assert l1.rpc.getinfo()["num_pending_channels"] == 1
+
+
+# --- message size and framing ------------------------------------------------------------
+
+
+def test_largest_message_is_served(node_factory):
+    """BOLT #8: "The *maximum* size of _any_ Lightning message MUST NOT exceed `65535`
+    bytes." A 65535-byte ping (the most a u16 length can announce) is answered."""
+    l1 = node_factory.get_node()
+    peer = connected(l1, b"\x34" * 32)
+    ignored = bytes(65535 - 6)  # type, num_pong_bytes, byteslen
+    assert len(wire.Ping(num_pong_bytes=4, ignored=ignored).encode()) == 65535
+    ping_pong(peer, 4, ignored)
+    assert_alive(l1, peer)
+
+
+@pytest.mark.parametrize("how", ["frame_longer_than_its_length", "tampered_length"])
+def test_bad_frame_disconnects_only_that_peer(node_factory, how):
+    """A frame longer than its length prefix (its tail is read as the next, unauthentic
+    header) or a tampered length: BOLT #8's MAC check fails and the connection ends."""
+    l1 = node_factory.get_node()
+    bystander = connected(l1, b"\x35" * 32)
+    peer = connected(l1, b"\x36" * 32)
+    packet = peer.conn.state.encrypt_message(wire.Ping(num_pong_bytes=2, ignored=b"").encode())
+    if how == "tampered_length":
+        packet = bytes([packet[0] ^ 1]) + packet[1:]
+    else:
+        packet += bytes(64)
+    peer.conn.sock.sendall(packet)
+    assert closed(peer)
+    line = l1.wait_for_log(r"Peer disconnected: connection closed: bad MAC on incoming packet")
+    assert peer.node_id.hex() in line
+    assert peer_ids(l1) == {bystander.node_id.hex()}
+    assert_alive(l1, bystander)
+
+
+# --- floods --------------------------------------------------------------------------------
+
+
+def test_ping_flood_closes_the_connection(node_factory):
+    """BOLT #1: "Limited precautions are recommended against `ping` flooding". A burst of
+    PING_BURST pings is answered; a flood beyond it gets a warning and a hang-up."""
+    l1 = node_factory.get_node()
+    bystander = connected(l1, b"\x37" * 32)
+    peer = connected(l1, b"\x38" * 32)
+    for _ in range(PING_BURST):
+        peer.send(wire.Ping(num_pong_bytes=1, ignored=b"").encode())
+    pongs = [peer.recv_skipping_pings() for _ in range(PING_BURST)]
+    assert all(isinstance(p, wire.Pong) for p in pongs)
+    flood = 5 * PING_BURST
+    for _ in range(flood):
+        peer.send(wire.Ping(num_pong_bytes=1, ignored=b"").encode())
+    answers = []
+    with pytest.raises((EOFError, ConnectionError)):
+        while True:
+            answers.append(peer.recv_skipping_pings())
+    warning = answers.pop()
+    assert isinstance(warning, wire.Warning), warning
+    assert (warning.channel_id, warning.data.decode()) == (bytes(32), PING_FLOOD)
+    assert all(isinstance(a, wire.Pong) for a in answers)
+    assert len(answers) < flood  # a refill of one a second, not the flood
+    l1.wait_for_log(f"Peer disconnected: {PING_FLOOD}")
+    assert peer_ids(l1) == {bystander.node_id.hex()}
+    assert_alive(l1, bystander)
+
+
+def unknown_channel_update(i: int) -> bytes:
+    return wire.ChannelUpdate(
+        signature=bytes(64),
+        chain_hash=REGTEST,
+        short_channel_id=(1 << 40) | i,
+        timestamp=i,
+        message_flags=1,
+        channel_flags=0,
+        cltv_expiry_delta=6,
+        htlc_minimum_msat=0,
+        fee_base_msat=1,
+        fee_proportional_millionths=1,
+        htlc_maximum_msat=1000,
+    ).encode()
+
+
+def test_gossip_flood_is_capped_and_logged_once(node_factory):
+    """gossipd takes RATE_BURST gossip messages at once from one peer, then its rate;
+    the excess is dropped before any checking, logged once, counted when the peer goes.
+    Every message is accounted for: checked (and ignored: unknown channel) or dropped."""
+    l1 = node_factory.get_node()
+    bystander = connected(l1, b"\x39" * 32)
+    peer = connected(l1, b"\x3a" * 32)
+    total = 2 * RATE_BURST
+    for i in range(total):
+        peer.send(unknown_channel_update(i))
+    ping_pong(peer)  # the node is still answering this peer
+    assert_alive(l1, bystander)
+    peer.conn.close()
+    line = l1.wait_for_log(r"dropped \d+ gossip messages over the rate limit")
+    dropped = int(re.search(r"dropped (\d+) gossip", line)[1])
+    logs = l1.logs()
+    checked = len(re.findall(r"ignoring gossip: channel_update for unknown 1x", logs))
+    assert checked + dropped == total, (checked, dropped)
+    assert checked >= RATE_BURST and dropped > 0
+    assert len(re.findall(r"dropping the excess", logs)) == 1
+    assert_alive(l1, bystander)
