@@ -36,9 +36,6 @@ if TYPE_CHECKING:
     from lightningd.lightningd import LightningD
 
 SOURCE = "connectd"
-# Core Lightning gives the handshake 60 seconds; init must follow promptly after it.
-HANDSHAKE_TIMEOUT = 60.0
-INIT_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 30.0
 
 
@@ -69,6 +66,11 @@ class ConnectControl:
         self.accepting: list[asyncio.Task[None]] = []
         self.bindings: list[NetAddress] = []
         self.pending: set[asyncio.Task[None]] = set()
+
+    @property
+    def peer_timeout(self) -> float:
+        """As CLN (--dev-timeout-secs, 60 s): for the BOLT #8 handshake, then for `init`."""
+        return float(self.ld.config.dev_timeout_secs)
 
     # -- listening -----------------------------------------------------------------
     # Raw sockets, not asyncio streams: a stream reader would buffer the peer's first
@@ -107,7 +109,7 @@ class ConnectControl:
     async def _incoming(self, sock: socket.socket, address: NetAddress) -> None:
         try:
             conn = await async_handshake_responder_sock(
-                sock, self.ld.node_id, self.ld.hsm.ecdh, timeout=HANDSHAKE_TIMEOUT
+                sock, self.ld.node_id, self.ld.hsm.ecdh, timeout=self.peer_timeout
             )
         except (HandshakeError, ConnectionError, OSError) as exc:
             self.ld.log.debug(SOURCE, f"Handshake from {address} failed: {exc}")
@@ -129,7 +131,7 @@ class ConnectControl:
         ours = our_features()
         chain_hash = self.ld.config.chain.chain_hash
         try:
-            async with asyncio.timeout(INIT_TIMEOUT):
+            async with asyncio.timeout(self.peer_timeout):
                 await conn.write_message(make_init(ours, chain_hash))
                 init = check_init(await conn.read_message(), ours, chain_hash)
         except PeerProtocolError as exc:
@@ -166,7 +168,7 @@ class ConnectControl:
             ) from None
         try:
             conn = await async_handshake_initiator_sock(
-                sock, self.ld.node_id, self.ld.hsm.ecdh, node_id, timeout=HANDSHAKE_TIMEOUT
+                sock, self.ld.node_id, self.ld.hsm.ecdh, node_id, timeout=self.peer_timeout
             )
         except (HandshakeError, ConnectionError, OSError) as exc:
             sock.close()

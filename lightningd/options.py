@@ -241,6 +241,8 @@ class Config:
     rpc_file_mode: str = "0600"
 
     dev_bitcoind_poll: int = 30
+    # As CLN: how long a connection may take over the BOLT #8 handshake, and then to `init`.
+    dev_timeout_secs: int = 60
     # Ours, not CLN's: how long openingd waits for the peer at each step of an open.
     dev_opening_timeout: int = 60
     dev_allow_localhost: bool = False
@@ -707,6 +709,13 @@ _OPTIONS: list[Option] = [
         show="dev_bitcoind_poll",
     ),
     _arg(
+        "dev-timeout-secs",
+        "Seconds to timeout if we don't receive INIT from peer",
+        _u32("dev_timeout_secs"),
+        dev=True,
+        show="dev_timeout_secs",
+    ),
+    _arg(
         "dev-opening-timeout",
         "Seconds openingd waits for each message from the peer before giving up",
         _u32("dev_opening_timeout"),
@@ -830,7 +839,6 @@ _NOT_IMPLEMENTED: list[tuple[str, bool, Callable[[str], object] | None]] = [
     ("dev-max-funding-unconfirmed-blocks", True, lambda v: _parse_number(v, _U32_MAX)),
     ("dev-no-version-checks", False, None),
     ("dev-force-features", True, None),
-    ("dev-timeout-secs", True, lambda v: _parse_number(v, _U32_MAX)),
     ("dev-fail-process-onionpacket", False, None),
     ("dev-no-modern-onion", False, None),
     ("dev-disable-commit-after", True, None),

@@ -9,6 +9,7 @@ from coincurve import PrivateKey
 from pyln.client import RpcError
 
 from hsmd.derive import p2wpkh_address
+from tests.faucet import faucet
 from tests.node import wait_for
 from tests.test_lockin import FEE, FUNDING, P2WPKH, funding_tx
 
@@ -20,20 +21,22 @@ ELSEWHERE = p2wpkh_address(PrivateKey(b"\x66" * 32).public_key.format(), "bcrt")
 
 
 def funded_node(node_factory, bitcoind, *options: str, coins: int = 1):
-    """A node whose wallet holds `coins` mature regtest coinbases; returns (node, the first
-    one's value in sat).
+    """A node whose wallet holds `coins` confirmed outputs, each a whole faucet coinbase less
+    the fee (tests/faucet.py); returns (node, the first one's value in sat).
 
     Regtest halves the subsidy every 150 blocks and the chain is shared by the whole run,
     so the value is read back rather than assumed.
     """
     node = node_factory.get_node(*FAST, *options)
+    tap = faucet(bitcoind)
     for _ in range(coins):
-        bitcoind.generate(1, node.rpc.newaddr()["bech32"])
-    bitcoind.generate(100, ELSEWHERE)
-    # Spendable only once the wallet has seen the blocks that mature it.
+        tap.pay([(node.rpc.newaddr()["bech32"], None)], mine=False)
+    tap.mine(1)
+    # Spendable only once the wallet has seen the block that confirms them.
     tip = bitcoind.rpc("getblockcount")
     wait_for(lambda: node.rpc.getinfo()["blockheight"] == tip, what="the node to reach the tip")
     outputs = [o for o in node.rpc.listfunds()["outputs"] if o["status"] == "confirmed"]
+    assert len(outputs) == coins
     return node, outputs[0]["amount_msat"] // 1000
 
 

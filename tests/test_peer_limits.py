@@ -1,7 +1,7 @@
 """Limits that keep one peer from hurting the node, each tested over real connections.
 
-A stalled or dripping BOLT #8 handshake is dropped after HANDSHAKE_TIMEOUT
-(the full 60 s only under --stress) and never holds up other peers; one v1 open
+A stalled or dripping BOLT #8 handshake is dropped after --dev-timeout-secs
+(CLN's default 60 s only under --stress) and never holds up other peers; one v1 open
 per peer; a node-wide cap on peers' opens in flight; the 65535-byte message
 limit and corrupt frames; ping floods; gossip floods. After each, lightningd
 is alive (getinfo), other peers are served, and nothing was half-stored.
@@ -18,7 +18,6 @@ import time
 import pytest
 
 from gossipd.gossipd import RATE_BURST
-from lightningd.connect_control import HANDSHAKE_TIMEOUT, INIT_TIMEOUT
 from lightningd.peer_control import MAX_OPENS_IN_FLIGHT, PING_BURST, PING_FLOOD, TOO_MANY_OPENS
 from tests.node import wait_for
 from tests.opening_peer import OpeningPeer
@@ -119,18 +118,17 @@ def test_stalled_handshakes_do_not_hold_up_other_peers(node_factory):
     assert_alive(l1)
 
 
-@pytest.mark.stress
-def test_handshake_and_init_timeouts(node_factory):
-    """CLN's 60 s: a silent, a dripping (1 byte / 2 s) and an init-less connection are
-    all closed once it is up, not before; other peers are served meanwhile."""
-    l1 = node_factory.get_node()
-    silent, drip = stall(l1, "silent"), stall(l1, "drip")
+def check_timeouts(node_factory, timeout: int, drip: float) -> None:
+    """A silent, a dripping and an init-less connection are all closed once `timeout`
+    (--dev-timeout-secs) is up, not before; other peers are served meanwhile."""
+    l1 = node_factory.get_node("--developer", f"--dev-timeout-secs={timeout}")
+    silent, dripping = stall(l1, "silent"), stall(l1, "drip")
     no_init = ScriptedPeer(b"\x32" * 32)
     no_init.connect(l1.id, l1.port)  # handshake done, init never sent
-    limit = max(HANDSHAKE_TIMEOUT, INIT_TIMEOUT) + 30
+    limit = timeout + 30
     waits = {
         "silent": (silent, None),
-        "drip": (drip, 2.0),
+        "drip": (dripping, drip),
         "no_init": (no_init.conn.sock, None),
     }
     took: dict[str, float | None] = {}
@@ -145,14 +143,24 @@ def test_handshake_and_init_timeouts(node_factory):
     for t in threads:
         t.join()
     print(f"closed after: {took}")
-    for key in ("silent", "drip"):
-        assert took[key] is not None and HANDSHAKE_TIMEOUT - 1 <= took[key] <= limit, took
-    assert took["no_init"] is not None and INIT_TIMEOUT - 1 <= took["no_init"] <= limit, took
+    for key in waits:
+        assert took[key] is not None and timeout - 1 <= took[key] <= limit, took
     logs = l1.logs()
-    assert len(re.findall(r"failed: TIMEOUT: handshake timed out \(after 60\.0s\)", logs)) == 2
+    handshake_timeouts = rf"failed: TIMEOUT: handshake timed out \(after {timeout}\.0s\)"
+    assert len(re.findall(handshake_timeouts, logs)) == 2
     assert "Incoming connection failed: timed out waiting for init" in logs
     assert_alive(l1, good)
     assert peer_ids(l1) == {good.node_id.hex()}
+
+
+def test_handshake_and_init_timeouts(node_factory):
+    check_timeouts(node_factory, timeout=3, drip=0.5)
+
+
+@pytest.mark.stress
+def test_handshake_and_init_timeouts_default(node_factory):
+    """CLN's default, 60 s (a byte every 2 s keeps no connection alive past it)."""
+    check_timeouts(node_factory, timeout=60, drip=2.0)
 
 
 # --- opens in flight -------------------------------------------------------------------
