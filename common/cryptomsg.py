@@ -49,8 +49,13 @@ _STATE_FMT = ">B32s32s32s32sQQ"
 STATE_LEN = struct.calcsize(_STATE_FMT)
 
 
-class DecryptError(Exception):
-    """A MAC check failed: the peer is not who it claims, or the stream is corrupt."""
+class DecryptError(ConnectionError):
+    """A MAC check failed: the peer is not who it claims, or the stream is corrupt.
+
+    A ConnectionError because the connection is finished: nothing after an unauthenticated
+    packet can be trusted or even framed, so, as CLN does, the reader hangs up, and every
+    reader's lost-connection handling applies to a hostile peer's garbage too.
+    """
 
 
 class MessageTooLong(ValueError):
@@ -214,9 +219,22 @@ class CryptoState:
         return self._open(body)
 
     def decrypt_message(self, packet: bytes) -> bytes:
-        """Decrypt one whole packet (header and body); it must contain nothing else."""
-        length = self.decrypt_header(packet[:HEADER_LEN])
-        body = packet[HEADER_LEN:]
-        if len(body) != length + MAC_LEN:
-            raise DecryptError(f"packet body is {len(body)} bytes, header says {length + MAC_LEN}")
-        return self.decrypt_body(body)
+        """Decrypt one whole packet (header and body); it must contain nothing else.
+
+        All or nothing: a packet that fails to decrypt leaves the receiving state as it was,
+        never half-way through a message.
+        """
+        saved = (self.rk, self.rn, self.rck)
+        try:
+            if len(packet) < HEADER_LEN + MAC_LEN:
+                raise DecryptError(f"packet of {len(packet)} bytes is shorter than two MACs")
+            length = self.decrypt_header(packet[:HEADER_LEN])
+            body = packet[HEADER_LEN:]
+            if len(body) != length + MAC_LEN:
+                raise DecryptError(
+                    f"packet body is {len(body)} bytes, header says {length + MAC_LEN}"
+                )
+            return self.decrypt_body(body)
+        except DecryptError:
+            self.rk, self.rn, self.rck = saved
+            raise

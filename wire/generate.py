@@ -61,6 +61,8 @@ VAR_TYPES: dict[str, tuple[str, str, str]] = {
     "psbt": ("decode_blob", "encode_blob", "bytes"),
     "blob": ("decode_blob", "encode_blob", "bytes"),
 }
+# The fewest bytes each variable-size scalar takes: its length prefix (BigSize: one byte).
+VAR_MIN_SIZES = {"bigsize": 1, "wirestring": 2, "bitcoin_tx": 4, "psbt": 4, "blob": 4}
 # What generated code may import from the runtime: all it exports, less the two names the
 # header handles itself (Message always; UnknownMessageError only the runtime raises).
 RUNTIME_HELPERS = [n for n in fundamental.__all__ if n not in ("Message", "UnknownMessageError")]
@@ -248,6 +250,23 @@ def validate(schema: Schema) -> None:
             raise GenerateError(f"{c.where}: duplicate or reserved field name in {c.name}")
 
 
+def _min_size(schema: Schema, f: Field) -> int:
+    """The fewest bytes field `f` can take on the wire."""
+    if f.optional:
+        return 1  # the presence byte
+    if f.count and not f.count.isdigit():
+        return 0  # its length is a field of its own, or it runs to the end
+    t = f.typename
+    code = _fixed_code(schema, Field(f.name, t, "", False, f.where))
+    if t in schema.subtypes:
+        one = sum(_min_size(schema, sf) for sf in schema.subtypes[t].fields)
+    elif code is not None:
+        one = _code_size(code)
+    else:
+        one = VAR_MIN_SIZES.get(t, 0)  # 0: truncated integers
+    return one * int(f.count) if f.count else one
+
+
 def _check_placement(schema: Schema, c: Container, f: Field, last: bool) -> None:
     t = f.typename
     if t in TU_TYPES and (c.kind != "tlv" or not last or f.count or f.optional):
@@ -257,6 +276,10 @@ def _check_placement(schema: Schema, c: Container, f: Field, last: bool) -> None
         raise GenerateError(f"{f.where}: tlv stream {t} must be the last field of a message")
     if f.optional and f.count:
         raise GenerateError(f"{f.where}: optional arrays are not supported")
+    if f.count and not f.count.isdigit() and _min_size(schema, Field("", t, "", False, "")) == 0:
+        # A decoder loops once per element: one that may take no bytes lets a peer's
+        # count (up to 2**64) or a `...` array spin it for ever.
+        raise GenerateError(f"{f.where}: array of {t}, which can be empty on the wire")
 
 
 def _is_raw_record(rec: Container) -> bool:
@@ -290,6 +313,11 @@ def _fixed_code(schema: Schema, f: Field) -> str | None:
     if t == "bool":
         return "B"
     return None
+
+
+def _code_size(code: str) -> int:
+    """Bytes taken by a struct code from _fixed_code: an integer or `Ns`."""
+    return INT_SIZES.get(code) or int(code[:-1])
 
 
 def _elem_size(t: str) -> int | None:
@@ -394,7 +422,7 @@ def _post_checks(ctx: DecodeCtx, f: Field, var: str, indent: int = 0) -> None:
 def _decode_run(ctx: DecodeCtx, run: list[tuple[Field, str]], lead: list[str]) -> None:
     # The lead targets are the message's u16 type.
     fmt = "H" * len(lead) + "".join(code for _, code in run)
-    size = 2 * len(lead) + sum(INT_SIZES.get(c) or int(c[:-1]) for _, c in run)
+    size = 2 * len(lead) + sum(_code_size(c) for _, c in run)
     targets = lead + [f"v_{f.py}" for f, _ in run]
     name = ctx.structs.get(fmt)
     lhs = f"({targets[0]},)" if len(targets) == 1 else ", ".join(targets)
@@ -487,7 +515,7 @@ def _decode_single(ctx: DecodeCtx, f: Field, var: str, indent: int) -> None:
     else:
         code = _fixed_code(schema, Field(f.name, t, "", False, f.where))
         assert code is not None
-        size = INT_SIZES.get(code) or int(code[:-1])
+        size = _code_size(code)
         ctx.emit(f"{var} = {ctx.structs.get(code)}.unpack_from(_b, _o)[0]", indent)
         ctx.emit(f"_o += {size}", indent)
         _post_checks(ctx, Field(f.name, t, "", False, f.where), var, indent)
