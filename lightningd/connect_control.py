@@ -121,6 +121,10 @@ class ConnectControl:
         except ConnectFailed as exc:
             self.ld.log.info(SOURCE, f"Incoming connection failed: {exc}", conn.remote_pubkey)
             return
+        except Exception as exc:  # whatever a stranger's bytes did, hang up on them only
+            conn.close()
+            self.ld.log.unusual(SOURCE, f"Incoming connection failed: {exc!r}", conn.remote_pubkey)
+            return
         await self.ld.peers.peer_connected(peer)
 
     # -- both directions -------------------------------------------------------------
