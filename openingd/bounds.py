@@ -31,6 +31,8 @@ MIN_DUST_LIMIT_SAT = 354
 MAX_ACCEPTED_HTLCS = 483
 # BOLT #2: funding_satoshis "greater than or equal to 2^24" needs option_support_large_channel.
 LARGE_CHANNEL_SAT = 1 << 24
+# Bitcoin's 21 million coins, in satoshi (Core Lightning's chainparams max_supply).
+MAX_MONEY_SAT = 21_000_000 * 100_000_000
 # BOLT #2 lets the opener MAY-fail an "unreasonably large" minimum_depth. We take the
 # 2016 blocks BOLT #2 gives a funding tx to confirm: deeper than that is never reasonable.
 MAX_MINIMUM_DEPTH = 2016
@@ -114,6 +116,10 @@ def check_funding_size(funding_sat: int, large_negotiated: bool) -> None:
     # to 2^24 and the receiver does not support `option_support_large_channel`."
     # As Core Lightning, we require it negotiated, not just supported by us.
     if funding_sat >= LARGE_CHANNEL_SAT and not large_negotiated:
+        fail(f"funding_satoshis {funding_sat} too large")
+    # Even a large channel cannot hold more bitcoin than will ever exist; nor could its
+    # balances, 1000 * funding_satoshis, fit the u64 msat amounts of BOLT #2 messages.
+    if funding_sat > MAX_MONEY_SAT:
         fail(f"funding_satoshis {funding_sat} too large")
 
 

@@ -727,9 +727,9 @@ class Openingd:
                 channel_type=self.channel_type,
             ).encode()
         )
-        reply = self.wait(
-            "openingd_got_offer_reply", master=(wire.OpeningdGotOfferReply,), timed=False
-        )
+        # As Core Lightning: a blocking read of lightningd's answer, the peer left unread.
+        # Failing on a peer message meanwhile would exit under lightningd's reply.
+        reply = self.master_msg((wire.OpeningdGotOfferReply,), "openingd_got_offer_reply")
         assert isinstance(reply, wire.OpeningdGotOfferReply)
         if reply.rejection is not None:
             # The reason lightningd gives is what the peer is told.

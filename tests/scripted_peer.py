@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 from coincurve import PrivateKey
 
@@ -59,6 +60,20 @@ class ScriptedPeer:
     def send(self, msg: bytes) -> None:
         assert self.conn is not None
         self.conn.write_message(msg)
+
+    def send_slowly(self, msg: bytes, chunk: int = 1, delay: float = 0.001) -> None:
+        """Send one message's encrypted frame a few bytes at a time (a slow-drip peer)."""
+        assert self.conn is not None
+        frame = self.conn.state.encrypt_message(msg)
+        for i in range(0, len(frame), chunk):
+            self.conn.sock.sendall(frame[i : i + chunk])
+            time.sleep(delay)
+
+    def send_partial(self, msg: bytes, fraction: float = 0.5) -> None:
+        """Send only the start of one message's encrypted frame (then the test hangs up)."""
+        assert self.conn is not None
+        frame = self.conn.state.encrypt_message(msg)
+        self.conn.sock.sendall(frame[: max(1, int(len(frame) * fraction))])
 
     def recv(self):
         assert self.conn is not None
