@@ -266,11 +266,12 @@ class PeerControl:
             await self.ld.channel_control.channel_message(peer, channel_id, event.msg)
             return
         # BOLT #1: "SHOULD send error with the unknown channel_id in reply to messages of
-        # type 32-255 related to unknown channels."
+        # type 32-255 related to unknown channels." Not for the all-zero id: an error there
+        # "MUST fail all channels with the sending node"; a warning says it without that.
         self.ld.log.unusual(SOURCE, f"{event.msg.NAME} for unknown channel", peer.node_id)
-        await peer.conn.write_message(
-            make_error(channel_id, f"Unknown channel for {event.msg.NAME}")
-        )
+        text = f"Unknown channel for {event.msg.NAME}"
+        reply = make_warning if channel_id == ALL_CHANNELS else make_error
+        await peer.conn.write_message(reply(channel_id, text))
 
     # -- keepalive ---------------------------------------------------------------
 

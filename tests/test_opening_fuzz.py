@@ -86,11 +86,6 @@ UNKNOWN_ODD, UNKNOWN_EVEN, OUT_OF_ORDER, DISCONNECT, PARTIAL = (
 FORMS = (VALID, MUTATE, TRUNCATE, OVERSIZE, DRIP, DUPLICATE)
 INJECTIONS = (UNKNOWN_ODD, UNKNOWN_EVEN, OUT_OF_ORDER, DISCONNECT, PARTIAL)
 TERMINAL = (DISCONNECT, PARTIAL)
-# A lightningd bug the fuzzer found, pinned by test_all_zero_channel_id_gets_no_error.
-ZERO_ECHO_BUG = (
-    "lightningd/peer_control.py answers a message for the all-zero channel_id with an error "
-    "on the all-zero channel_id: an order to fail every channel"
-)
 # Where a channel stored by an open may be once its peer has gone.
 STORED_STATES = {"CHANNELD_AWAITING_LOCKIN", "CHANNELD_NORMAL"}
 # The fast slice mutates every field this many times, each with its own value.
@@ -647,10 +642,7 @@ class Run:
         if msg.channel_id not in self.ids:
             self.fail(f"{type(msg).NAME} names channel {msg.channel_id.hex()}: {msg.data!r}")
         if isinstance(msg, wire.Error) and msg.channel_id == ZERO:
-            if ZERO in self.sent_ids:
-                pytest.xfail(ZERO_ECHO_BUG)
-            if expect is Expect.REFUSE:
-                self.fail(f"a channel failure fails every channel: {msg}")
+            self.fail(f"an error on the all-zero channel_id fails every channel: {msg}")
         if isinstance(msg, wire.Error) and msg.channel_id in self.ours | {ZERO}:
             self.over = True
 
@@ -809,11 +801,7 @@ def play(node: Node, bitcoind, case: Case) -> Run:
     watch = LogWatch(node)
     run = Run(node, case)
     BROKEN.append(str(case))
-    try:
-        run.run()
-    except pytest.xfail.Exception:
-        BROKEN.remove(str(case))  # a known lightningd bug, not a broken node
-        raise
+    run.run()
     watch.check(case)
     BROKEN.remove(str(case))
     if run.opens and run.must_store and next(FUNDED) % UNCONFIRMED_OPENS == 0:
@@ -896,21 +884,22 @@ def test_duplicate_open_channel_fails_after_accept_channel(fuzz_node):
     watch.check("duplicate open_channel")
 
 
-@pytest.mark.xfail(strict=True, reason=ZERO_ECHO_BUG)
 def test_all_zero_channel_id_gets_no_error(fuzz_node):
     """BOLT #1: an `error` on the all-zero channel_id "MUST fail all channels with the
     sending node". lightningd answers a channel message for an unknown channel with an
-    error on its channel_id ("SHOULD send error with the unknown channel_id"), so a peer's
-    one channel_ready on the all-zero id tells it to fail all its channels with us. Only
-    a `warning` (or nothing) may name the all-zero id here."""
+    error on its channel_id ("SHOULD send error with the unknown channel_id"), but a peer's
+    channel_ready on the all-zero id gets a `warning`: an error would tell the peer to
+    fail all its channels with us."""
     peer = OpeningPeer(seed=b"fuzz regression: all-zero channel_ready")
     peer.connect_to(fuzz_node)
     point = peer.keys.points()["first_per_commitment_point"]
     ready = wire.ChannelReady(ZERO, point, wire.ChannelReadyTlvs())
     peer.send(ready.encode())
     peer.send(wire.Ping(num_pong_bytes=1, ignored=b"").encode())
+    before_pong = []
     while not isinstance(msg := peer.recv_skipping_pings(), wire.Pong):
-        assert not isinstance(msg, wire.Error), msg
+        before_pong.append(msg)
+    assert before_pong == [wire.Warning(ZERO, b"Unknown channel for channel_ready")]
     assert fuzz_node.rpc.getinfo()["id"] == fuzz_node.id
 
 
@@ -924,15 +913,11 @@ def test_opening_fuzz_random(fuzz_node, bitcoind):
     cycle = roles.split(",")
     kinds: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
-    known_bug = 0
     started = time.monotonic()
     for seed in range(first, first + count):
         case = random_case(cycle[seed % len(cycle)], seed)
-        try:
-            outcomes.update(t for t in play(fuzz_node, bitcoind, case).trace if "->" in t)
-        except pytest.xfail.Exception:
-            known_bug += 1
+        outcomes.update(t for t in play(fuzz_node, bitcoind, case).trace if "->" in t)
         kinds.update(step.kind for step in case.steps)
     elapsed = time.monotonic() - started
     print(f"\nopening fuzz: {count} cases in {elapsed:.0f}s from seed {first}, steps {dict(kinds)}")
-    print(f"expected -> observed: {dict(outcomes)}; hit {ZERO_ECHO_BUG}: {known_bug}")
+    print(f"expected -> observed: {dict(outcomes)}")
