@@ -172,9 +172,10 @@ class Bitcoind:
         body = json.dumps({"jsonrpc": "1.0", "id": req_id, "method": method, "params": params})
         async with self._slots:
             try:
-                status, data = await asyncio.wait_for(
-                    self._post(body.encode()), timeout or self.timeout
-                )
+                # Not asyncio.wait_for: before Python 3.12 it can swallow a cancel that comes
+                # as the call completes, and then the chain poller never stops (shutdown hangs).
+                async with asyncio.timeout(timeout or self.timeout):
+                    status, data = await self._post(body.encode())
             except TimeoutError:
                 raise BitcoindUnreachable(f"{method} to {self.address} timed out") from None
         return self._result(method, status, data)

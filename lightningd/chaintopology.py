@@ -10,7 +10,9 @@ from the stored tip and process them again, so a crash between storing a block a
 listener's writes loses nothing (listeners must be idempotent).
 
 Transactions we broadcast are kept in `transactions` before they are sent and sent again on
-every new block until they confirm. `watch_txid` callbacks hear each change of depth.
+every new block until they confirm, after a reorg, and when bitcoind answers again after an
+outage (a restarted bitcoind has forgotten its mempool). `watch_txid` callbacks hear each
+change of depth.
 
 Feerates come from `estimatesmartfee` at bcli's targets (2 CONSERVATIVE, 6, 12 and 100
 ECONOMICAL), raised to max(mempoolminfee, minrelaytxfee) and to 253perkw. On regtest, where
@@ -155,6 +157,8 @@ class ChainTopology:
         self._poller: asyncio.Task[None] | None = None
         self._new_block = asyncio.Event()
         self._unreachable_since_logged = False
+        # Something of ours may not have reached bitcoind: send it all once it answers.
+        self._resend_when_back = False
         self.estimates_perkw: dict[int, int] = {}
         self.floor_perkw = FEERATE_FLOOR_PERKW
 
@@ -257,6 +261,7 @@ class ChainTopology:
             await self.sync()
             await self._update_feerates()
         except BitcoindUnreachable as exc:
+            self._resend_when_back = True
             if not self._unreachable_since_logged:
                 self.log.unusual(
                     SOURCE, f"bitcoind unreachable ({exc}); retrying every {self.poll_interval}s"
@@ -269,6 +274,10 @@ class ChainTopology:
         if self._unreachable_since_logged:
             self.log.info(SOURCE, "bitcoind is back")
             self._unreachable_since_logged = False
+        if self._resend_when_back:
+            # It may have restarted without its mempool, or never got what we sent.
+            self._resend_when_back = False
+            await self._rebroadcast()
 
     async def sync(self) -> None:
         """Process blocks until our tip is bitcoind's, handling reorgs on the way."""
@@ -311,6 +320,9 @@ class ChainTopology:
         for listener in self._reorg_listeners:
             await self._call_listener(listener, fork)
         await self._tell_all_depths()
+        # Its transactions are unconfirmed again: the new branch may never mine them unless
+        # sent again (a shorter branch brings no new block to trigger that).
+        await self._rebroadcast()
 
     async def _find_fork(self) -> int:
         """The height of the last block we share with bitcoind (below our oldest: -1 off)."""
@@ -415,6 +427,7 @@ class ChainTopology:
         try:
             await self.bitcoind.sendrawtransaction(raw_tx)
         except BitcoindUnreachable as exc:
+            self._resend_when_back = True
             raise BroadcastError(
                 f"bitcoind unreachable, will retry broadcasting {txid_hex(txid)}: {exc}",
                 final=False,
@@ -435,6 +448,9 @@ class ChainTopology:
                 await self.bitcoind.sendrawtransaction(bytes(row["rawtx"]))
             except BitcoindError as exc:
                 self.log.debug(SOURCE, f"Rebroadcast {txid_hex(bytes(row['id']))}: {exc}")
+            except BitcoindUnreachable:
+                self._resend_when_back = True  # gone again: all of it once more when back
+                return
 
     # -- feerates ----------------------------------------------------------------------------
 

@@ -59,6 +59,8 @@ class Channel:
     opened: opening_wire.OpenedChannel
     short_channel_id: str | None = None
     created_at: int = field(default_factory=lambda: int(time.time()))
+    # Our chain tip when it was stored: BOLT #2's 2016-block wait for the funding starts here.
+    first_blocknum: int | None = None
     # Lock-in (lightningd/channel_control.py), stored: their point for commitment 1 (from
     # their channel_ready), both aliases, and who has sent channel_ready.
     their_next_per_commit_point: bytes | None = None
@@ -196,7 +198,7 @@ _COLUMNS = (
     " their_revocation_basepoint, their_payment_basepoint, their_htlc_basepoint,"
     " their_delayed_payment_basepoint, their_per_commit_point,"
     " last_sig, shutdown_scriptpubkey_local, shutdown_scriptpubkey_remote, created_at,"
-    " our_per_commit_point, our_next_per_commit_point"
+    " our_per_commit_point, our_next_per_commit_point, first_blocknum"
 )
 
 
@@ -262,6 +264,7 @@ def save_channel(
             o.their_first_per_commitment_point, o.their_commit_sig,
             o.our_upfront_shutdown_script, o.their_upfront_shutdown_script, channel.created_at,
             o.our_first_per_commitment_point, o.our_second_per_commitment_point,
+            channel.first_blocknum,
         )  # fmt: skip
         marks = ", ".join("?" * len(values))
         db.execute(f"INSERT INTO channels ({_COLUMNS}) VALUES ({marks})", values)
@@ -296,6 +299,18 @@ def save_lockin(db: Database, channel: Channel) -> None:
             channel.dbid,
         ),
     )
+
+
+def save_first_blocknum(db: Database, channel: Channel) -> None:
+    db.execute(
+        "UPDATE channels SET first_blocknum = ? WHERE id = ?",
+        (channel.first_blocknum, channel.dbid),
+    )
+
+
+def forget_channel(db: Database, channel: Channel) -> None:
+    """Delete a channel that never had anything at stake (a fundee's, never funded)."""
+    db.execute("DELETE FROM channels WHERE id = ?", (channel.dbid,))
 
 
 def save_remote_ann_sigs(db: Database, channel: Channel) -> None:
@@ -350,6 +365,7 @@ def load_channels(db: Database) -> list[Channel]:
                 opened=opened,
                 short_channel_id=r["short_channel_id"],
                 created_at=r["created_at"],
+                first_blocknum=r["first_blocknum"],
                 their_next_per_commit_point=r["their_next_per_commit_point"],
                 alias_local=_alias_from_db(r["alias_local"]),
                 alias_remote=_alias_from_db(r["alias_remote"]),

@@ -23,6 +23,8 @@ What it does, as BOLT #2 "The `channel_ready` Message" and "Message Retransmissi
   a reorg that unburies the funding before that sends it back to waiting;
 - on reconnection sends `channel_reestablish` for a channel without updates, checks
   theirs, and then retransmits `channel_ready` (both next_commitment_numbers are 1).
+- forgets a channel opened to us whose funding tx it has not seen 2016 blocks after
+  storing it ("A non-funding node (fundee): SHOULD forget the channel"), as CLN does.
 
 And, for a public channel, BOLT #7 "The `announcement_signatures` Message": once NORMAL with
 the funding six deep, our node and bitcoin signatures (from hsmd) go to the peer, once per
@@ -58,9 +60,14 @@ from common.gossip_sign import (
     with_signatures,
 )
 from common.read_peer_msg import make_error, make_warning
+from lightningd.chaintopology import Block, TxCallback
 from lightningd.channel import (
+    REMOTE,
     Channel,
     ChannelState,
+    display_txid,
+    forget_channel,
+    save_first_blocknum,
     save_lockin,
     save_remote_ann_sigs,
     scid_to_str,
@@ -84,6 +91,9 @@ _MAX_BLOCK = 1 << 24
 # BOLT #7: "MUST NOT send `announcement_signatures` messages until `channel_ready` has been
 # sent and received AND the funding transaction has at least six confirmations."
 ANNOUNCE_DEPTH = 6
+# BOLT #2: "A non-funding node (fundee): SHOULD forget the channel if it does not see the
+# correct funding transaction after a timeout of 2016 blocks."
+FUNDEE_FORGET_BLOCKS = 2016
 
 # Takes one signed gossip message of ours (channel_announcement, channel_update,
 # node_announcement), as it goes on the wire.
@@ -158,6 +168,8 @@ class ChannelControl:
         # Channels whose gossip went to on_local_gossip in this run.
         self._announced: set[int] = set()
         self._last_timestamp = 0
+        # Each watched channel's funding watch, to drop it when the channel is forgotten.
+        self._watches: dict[int, TxCallback] = {}
 
     # -- the hooks -------------------------------------------------------------------------
 
@@ -166,6 +178,8 @@ class ChannelControl:
         for channel in self.ld.channels:
             if channel.state in _OURS:
                 self._watch(channel)
+        assert self.ld.topology is not None
+        self.ld.topology.add_block_listener(self._on_block)
 
     def channel_stored(self, channel: Channel, peer: Peer) -> None:
         """opening_control stored a new channel; `peer` is the connection it was opened on."""
@@ -206,7 +220,47 @@ class ChannelControl:
         async def depth_changed(depth: int, height: int | None, txindex: int | None) -> None:
             await self._depth_changed(channel, depth, height, txindex)
 
+        self._watches[channel.dbid] = depth_changed
         self.ld.topology.watch_txid(channel.opened.funding_txid, depth_changed)
+
+    # -- a fundee's channel whose funding never came ---------------------------------------
+
+    async def _on_block(self, block: Block, height: int) -> None:
+        for channel in [c for c in self.ld.channels if self._never_funded(c, height)]:
+            self._forget(channel, height)
+
+    def _never_funded(self, channel: Channel, height: int) -> bool:
+        """A fundee's channel whose funding tx was never seen, FUNDEE_FORGET_BLOCKS on.
+
+        Never seen at all, not just unconfirmed now: a funding tx seen once keeps its row in
+        `transactions` through reorgs and the restart rescan, which unconfirm it for a while.
+        """
+        if channel.opener != REMOTE or channel.state != ChannelState.CHANNELD_AWAITING_LOCKIN:
+            return False
+        if channel.first_blocknum is None:  # stored before we counted: count from now
+            channel.first_blocknum = height
+            save_first_blocknum(self.ld.db, channel)
+        if height - channel.first_blocknum < FUNDEE_FORGET_BLOCKS:
+            return False
+        seen = self.ld.db.query_one(
+            "SELECT 1 FROM transactions WHERE id = ?", (channel.opened.funding_txid,)
+        )
+        return seen is None
+
+    def _forget(self, channel: Channel, height: int) -> None:
+        assert self.ld.topology is not None and channel.first_blocknum is not None
+        self._log(channel).unusual(
+            f"Forgetting channel: It has been {height - channel.first_blocknum} blocks without"
+            f" the funding transaction {display_txid(channel.opened.funding_txid)} getting"
+            " confirmed. We are giving up on this channel."
+        )
+        callback = self._watches.pop(channel.dbid, None)
+        self.ld.topology.unwatch_txid(channel.opened.funding_txid, callback)
+        forget_channel(self.ld.db, channel)
+        self.ld.channels[:] = [c for c in self.ld.channels if c is not channel]
+        for state in (self._in_sync, self._ann_sigs_sent, self._deferred_ann_sigs):
+            state.pop(channel.dbid, None)
+        self._owed.discard(channel.dbid)
 
     async def _depth_changed(
         self, channel: Channel, depth: int, height: int | None, txindex: int | None
@@ -220,6 +274,7 @@ class ChannelControl:
             channel.short_channel_id = scid
             save_lockin(self.ld.db, channel)
             self._log(channel).info(f"Funding tx reached depth {depth}: short_channel_id {scid}")
+            self.ld.dev_crash("lockin")
         await self._send_channel_ready(channel)
         self._maybe_normal(channel)
         await self._maybe_announce(channel)

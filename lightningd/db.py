@@ -141,7 +141,9 @@ class Database:
         # refused at startup rather than failing in the middle of a channel operation.
         problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
-            raise DatabaseError(f"{self.path} is corrupt: {'; '.join(problems[:5])}")
+            # SQLite's lines hold newlines of their own: the operator gets one line.
+            detail = "; ".join(" ".join(p.split()) for p in problems[:5])
+            raise DatabaseError(f"{self.path} is corrupt: {detail}")
 
     def _schema_version(self) -> int:
         exists = self._conn.execute(

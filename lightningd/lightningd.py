@@ -5,6 +5,20 @@ bitcoind connection. It never holds a secret key (hsmd does) and hands peer
 connections to subdaemons when a channel needs one. The story of a run:
 options, log, pid file, hsmd, database, listening sockets, JSON-RPC, then
 serve until `stop` or a signal, then shut everything down in reverse.
+
+Crash testing (developer only): started with --developer and the environment variable
+LIGHTNINGD_DEV_CRASH_AT=<stage>, lightningd kills itself with SIGKILL when it reaches the
+named point (`LightningD.dev_crash`), which no outside observer could hit precisely. The
+stages (tests/test_crash_matrix.py):
+
+- `open_offer`: accepter, open_channel arrived, before lightningd answers openingd;
+- `funding_reserved`: opener (fundchannel), wallet inputs reserved, before funding_created;
+- `channel_stored`: the new channel is on disk, before funding_signed goes out (accepter)
+  or before the funding tx is broadcast (opener);
+- `funding_signed_sent`: accepter, right after funding_signed left;
+- `funding_broadcast`: opener, the funding tx is broadcast, before fundchannel returns;
+- `lockin`: the funding tx reached minimum_depth and the short_channel_id is stored,
+  before channel_ready goes out.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from lightningd.subd import fork_zygote, start_zygote
 from lightningd.wallet import Wallet
 
 SOURCE = "lightningd"
+DEV_CRASH_ENV = "LIGHTNINGD_DEV_CRASH_AT"
 DB_FILE = "lightningd.sqlite3"
 
 # Word lists for the default alias (two words picked by the node id, as Core Lightning does).
@@ -119,6 +134,15 @@ class LightningD:
         self.ping_interval = PING_INTERVAL
         self.stopping = asyncio.Event()
         self.exit_code = 0
+        # Never read without --developer: no environment variable can crash a real node.
+        self._dev_crash_at = os.environ.get(DEV_CRASH_ENV) if config.developer else None
+
+    def dev_crash(self, stage: str) -> None:
+        """Die here, at once and uncleanly, if LIGHTNINGD_DEV_CRASH_AT names `stage`."""
+        if self._dev_crash_at == stage:
+            self.log.info(SOURCE, f"{DEV_CRASH_ENV}={stage}: killing ourselves")
+            self.log.close()
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -172,6 +196,7 @@ class LightningD:
         )
         self.wallet = Wallet(self.db, self.hsm, self.topology, self.log, cfg.chain, account_xpub)
         self.wallet.channels_json = self.funds_channels_json
+        self.opening.release_abandoned_reservations()
         self.channel_control.start()
         await self.topology.start()
         self.topology.register_commands(self.rpc)

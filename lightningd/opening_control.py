@@ -77,6 +77,9 @@ OUR_MAX_ACCEPTED_HTLCS = 483
 DEFAULT_FEERATE_PERKW = 7500
 MIN_FEERATE_PERKW = 253
 MAX_FEERATE_PERKW = 10 * DEFAULT_FEERATE_PERKW
+# vars row (+ the funding txid) naming the wallet inputs a funding tx reserved, until it is
+# broadcast or they are released: a crash in between must not leave them reserved.
+VAR_FUNDING_RESERVED = "funding_reserved_"
 WARNING_USAGE = (
     "The funding transaction MUST NOT be broadcast until after channel establishment has "
     "been successfully completed by running `fundchannel_complete`"
@@ -208,6 +211,7 @@ class OpeningControl:
         self, pending: PendingOpen, offer: wire.OpeningdGotOffer
     ) -> wire.OpeningdGotOfferReply:
         """lightningd's own policy on an incoming open, beyond BOLT #2's rules."""
+        self.ld.dev_crash("open_offer")
         pending.uncommitted.funding = offer.funding
         minimum = AmountSat(self.ld.config.min_capacity_sat)
         rejection = None
@@ -239,8 +243,15 @@ class OpeningControl:
                     else RpcError(LIGHTNINGD, f"Could not sign the funding transaction: {exc}"),
                 )
                 return
-        channel = Channel(pending.dbid, peer.node_id, ChannelState.CHANNELD_AWAITING_LOCKIN, opened)
+        channel = Channel(
+            pending.dbid,
+            peer.node_id,
+            ChannelState.CHANNELD_AWAITING_LOCKIN,
+            opened,
+            first_blocknum=self.ld.topology.height if self.ld.topology else None,
+        )
         save_channel(self.ld.db, channel, str(peer.address), funding_tx)
+        self.ld.dev_crash("channel_stored")
         self.ld.channels.append(channel)
         self._over(pending)
         self.ld.log.info(
@@ -250,6 +261,7 @@ class OpeningControl:
         if funding_signed is not None and peer.conn is not None:
             # BOLT #2: funding_signed goes out only now that the channel is on disk.
             await peer.conn.write_message(funding_signed)
+            self.ld.dev_crash("funding_signed_sent")
         self.ld.channel_control.channel_stored(channel, peer)
 
     async def _failed(self, pending: PendingOpen, msg: wire.OpeningdFailed, fds: list[int]) -> None:
@@ -506,6 +518,8 @@ class OpeningControl:
         except BaseException:
             await self._cancel_quietly(pending)
             raise
+        self._remember_reserved(funded.tx)
+        self.ld.dev_crash("funding_reserved")
         outnum = funded.outnums[0]
         # hsmd signs it while the peer signs our first commitment: the txid is already final.
         signing = pending.funding_signing = asyncio.ensure_future(wallet.sign(funded))
@@ -522,14 +536,14 @@ class OpeningControl:
         except BaseException:
             signing.cancel()
             wallet.release(funded.tx)
+            self._forget_reserved(funded.tx)
             raise
         # The channel is on disk (and synced): only now may the funding tx go out.
         try:
-            await wallet.broadcast(tx)
-        except BroadcastError as exc:
-            raise RpcError(
-                FUNDING_BROADCAST_FAIL, f"Error broadcasting funding transaction: {exc}"
-            ) from None
+            await self._broadcast_funding(tx)
+        finally:  # sent, queued or refused (and released): nothing left to free at start
+            self._forget_reserved(tx)
+        self.ld.dev_crash("funding_broadcast")
         return {
             "tx": tx.serialize().hex(),
             "txid": display_txid(bytes(tx.GetTxid())),
@@ -537,6 +551,58 @@ class OpeningControl:
             "channel_id": funded_reply.channel.channel_id.hex(),
             **self._start_result(pending, reply),
         }
+
+    async def _broadcast_funding(self, tx: CTransaction) -> None:
+        """Send the funding tx of a stored channel. Only bitcoind's refusal fails the open:
+        when it is merely unreachable the open has happened (failing it would invite a
+        second one), and the chain code sends the recorded tx again once bitcoind is back."""
+        assert self.ld.wallet is not None
+        try:
+            await self.ld.wallet.broadcast(tx)
+        except BroadcastError as exc:
+            if exc.final:
+                raise RpcError(
+                    FUNDING_BROADCAST_FAIL, f"Error broadcasting funding transaction: {exc}"
+                ) from None
+            self.ld.log.unusual(SOURCE, str(exc))
+
+    def _remember_reserved(self, tx: CTransaction) -> None:
+        # Not durable, like the reservation itself: a later durable commit covers both.
+        points = b"".join(i.prevout.hash + i.prevout.n.to_bytes(4, "big") for i in tx.vin)
+        with self.ld.db.transaction(durable=False):
+            self.ld.db.set_var(VAR_FUNDING_RESERVED + bytes(tx.GetTxid()).hex(), points)
+
+    def _forget_reserved(self, tx: CTransaction) -> None:
+        self._forget_reserved_var(VAR_FUNDING_RESERVED + bytes(tx.GetTxid()).hex())
+
+    def _forget_reserved_var(self, name: str) -> None:
+        with self.ld.db.transaction(durable=False):
+            self.ld.db.execute("DELETE FROM vars WHERE name = ?", (name,))
+
+    def release_abandoned_reservations(self) -> None:
+        """At start: free the inputs of funding txs that died before being recorded.
+
+        A recorded one (with its channel by fundchannel, before sending by the broadcast)
+        keeps them: it is sent again, and the wallet marks them spent when it confirms.
+        """
+        wallet, db = self.ld.wallet, self.ld.db
+        assert wallet is not None
+        rows = db.query(
+            "SELECT name, blobval FROM vars WHERE name LIKE ?", (VAR_FUNDING_RESERVED + "%",)
+        )
+        for row in rows:
+            txid = bytes.fromhex(row["name"][len(VAR_FUNDING_RESERVED) :])
+            if db.query_one("SELECT 1 FROM transactions WHERE id = ?", (txid,)) is None:
+                points = bytes(row["blobval"] or b"")
+                utxos = [
+                    wallet.get_utxo(points[i : i + 32], int.from_bytes(points[i + 32 : i + 36]))
+                    for i in range(0, len(points), 36)
+                ]
+                wallet.release([u for u in utxos if u is not None])
+                self.ld.log.info(
+                    SOURCE, f"Released the inputs of unsent funding tx {display_txid(txid)}"
+                )
+            self._forget_reserved_var(row["name"])
 
     async def json_multifundchannel(
         self,
@@ -581,6 +647,8 @@ class OpeningControl:
             for start in started:
                 await self._cancel_quietly(start.pending)
             raise
+        # (A crash while hsmd signed leaves the inputs to lapse in 72 blocks, as in CLN.)
+        self._remember_reserved(tx)
         # Not recorded with each channel (unlike fundchannel): if one peer fails at
         # funding_signed, a recorded tx would later fund an output nobody can spend from.
         txid = bytes(tx.GetTxid())
@@ -593,13 +661,12 @@ class OpeningControl:
             )
         except BaseException:
             wallet.release(tx)
+            self._forget_reserved(tx)
             raise
         try:
-            await wallet.broadcast(tx)
-        except BroadcastError as exc:
-            raise RpcError(
-                FUNDING_BROADCAST_FAIL, f"Error broadcasting funding transaction: {exc}"
-            ) from None
+            await self._broadcast_funding(tx)
+        finally:  # sent, queued or refused (and released): nothing left to free at start
+            self._forget_reserved(tx)
         result: dict[str, Any] = {
             "tx": tx.serialize().hex(),
             "txid": display_txid(txid),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 from bitcointx import segwit_addr
@@ -240,6 +241,77 @@ def test_broadcast_refused_already_confirmed_and_unreachable(tmp_path):
         unusual = [e.message for e in s.log.entries(LogLevel.UNUSUAL)]
         assert sum("bitcoind unreachable" in m for m in unusual) == 1
         await topo.stop()
+        await s.fake.stop()
+
+    run(main())
+
+
+def test_resent_as_soon_as_bitcoind_answers_again(tmp_path):
+    """No new block needed: a tx bitcoind never got (down when sent), or lost with its
+    mempool (restarted), goes out on the first poll that reaches it."""
+
+    async def main():
+        s = Setup(tmp_path)
+        coinbases = [b.txs[0] for b in s.fake.mine(2)]
+        topo = await s.topology(start_height=0)
+        await topo.start()
+        never_got, forgotten = (spend(c.GetTxid(), 1000) for c in coinbases)
+        await topo.broadcast(forgotten.serialize())
+        await s.fake.stop()
+        with pytest.raises(BroadcastError, match="unreachable"):
+            await topo.broadcast(never_got.serialize())
+        s.fake.mempool.clear()  # bitcoind restarts without its mempool
+        await s.fake.start()
+        await topo.poll()
+        assert set(s.fake.mempool) == {never_got.GetTxid(), forgotten.GetTxid()}
+        # Once, not on every poll: the next one sends nothing.
+        s.fake.mempool.clear()
+        await topo.poll()
+        assert s.fake.mempool == {}
+        await topo.stop()
+        await s.fake.stop()
+
+    run(main())
+
+
+def test_resent_after_a_reorg_to_a_shorter_chain(tmp_path):
+    """invalidateblock-like: the block holding our tx goes, no block comes; the tx is not in
+    bitcoind's mempool (as if it was never put back): we send it again at once."""
+
+    async def main():
+        s = Setup(tmp_path)
+        coinbase = s.fake.mine(1)[0].txs[0]
+        topo = await s.topology(start_height=0)
+        await topo.start()
+        tx = spend(coinbase.GetTxid(), 1000)
+        await topo.broadcast(tx.serialize())
+        s.fake.mine(1)
+        await topo.poll()
+        assert topo.tx_confirmation(tx.GetTxid()) == (2, 1)
+        s.fake.reorg(1, 0)
+        await topo.poll()
+        assert topo.height == 1 and topo.tx_confirmation(tx.GetTxid()) is None
+        assert tx.GetTxid() in s.fake.mempool
+        await topo.stop()
+        await s.fake.stop()
+
+    run(main())
+
+
+def test_stop_whenever_it_comes_ends_the_poller(tmp_path):
+    """A cancel that arrives as a bitcoind call completes must not be lost (asyncio.wait_for
+    before Python 3.12 swallowed it: the poller went on and lightningd's shutdown hung)."""
+
+    async def main():
+        s = Setup(tmp_path)
+        s.fake.mine(3)
+        rng = random.Random(9)
+        for _ in range(100):
+            topo = await s.topology(start_height=0)
+            topo.poll_interval = 0  # always in the middle of a call
+            await topo.start()
+            await asyncio.sleep(rng.uniform(0, 0.005))
+            await asyncio.wait_for(topo.stop(), 5)
         await s.fake.stop()
 
     run(main())
