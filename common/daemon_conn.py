@@ -32,9 +32,10 @@ class DaemonConnClosed(DaemonConnError):
     """Clean end of stream at a frame boundary: the other side went away."""
 
 
-def _send_failed(exc: ConnectionError) -> DaemonConnError:
-    """A send refused because the other side closed its end is its going away, as EOF is
-    for a read (a subdaemon whose master has gone exits quietly); other errors are not."""
+def _connection_error(exc: ConnectionError) -> DaemonConnError:
+    """A send refused, or a read reset, because the other side closed its end (or died with
+    our data unread) is its going away, as EOF is (a subdaemon whose master has gone exits
+    quietly); other errors are not."""
     if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
         return DaemonConnClosed(f"connection closed: {exc.strerror}")
     return DaemonConnError(f"connection lost: {exc.strerror}")
@@ -63,7 +64,7 @@ def _recv_some(sock: socket.socket, want: int, fds: list[int]) -> bytes:
         data, got, flags, _ = socket.recv_fds(sock, want, MAX_FDS_PER_FRAME)
     except ConnectionError as exc:  # reset: the other process died with our data unread
         _close_all(fds)
-        raise DaemonConnError(f"connection lost: {exc.strerror}") from None
+        raise _connection_error(exc) from None
     fds.extend(got)
     if flags & socket.MSG_CTRUNC:
         _close_all(fds)
@@ -102,7 +103,7 @@ class DaemonConn:
             if frame:
                 self.sock.sendall(frame)
         except ConnectionError as exc:
-            raise _send_failed(exc) from None
+            raise _connection_error(exc) from None
 
     def _recv_exact(self, n: int, fds: list[int], at_boundary: bool) -> bytes:
         buf = bytearray()
@@ -198,7 +199,7 @@ class AsyncDaemonConn:
                 await self._wait("add_writer", "remove_writer")
                 continue
             except ConnectionError as exc:
-                raise _send_failed(exc) from None
+                raise _connection_error(exc) from None
             view = view[sent:]
 
     async def send(self, msg: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:

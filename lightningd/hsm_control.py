@@ -81,19 +81,31 @@ class HsmControl:
         if self.on_death is not None and not self._stopping:
             await self.on_death(reason)
 
-    async def request_with_fds(self, msg: Message, reply_type: type[T]) -> tuple[T, list[int]]:
-        if self.subd is None:
-            raise HsmError("hsmd is not running")
+    async def _exchange(self, raw: bytes) -> tuple[bytes, list[int]]:
+        """Send one request and take its reply, under the lock: replies come in order."""
+        assert self.subd is not None
         async with self._lock:
             try:
-                await self.subd.send(msg.encode())
+                await self.subd.send(raw)
             except DaemonConnError as exc:
                 raise HsmError(f"hsmd is gone: {exc}") from None
             got = await self._replies.get()
             if isinstance(got, Exception):
                 self._replies.put_nowait(got)  # every later request fails the same way
                 raise got
-            raw, fds = got
+            return got
+
+    async def request_with_fds(self, msg: Message, reply_type: type[T]) -> tuple[T, list[int]]:
+        if self.subd is None:
+            raise HsmError("hsmd is not running")
+        # Shielded: a caller cancelled mid-request (a failed open cancels its funding
+        # signature) must not leave its reply in the queue for the next request to take.
+        exchange = asyncio.ensure_future(self._exchange(msg.encode()))
+        try:
+            raw, fds = await asyncio.shield(exchange)
+        except asyncio.CancelledError:
+            exchange.add_done_callback(_drop_reply)
+            raise
         try:
             reply = wire.decode(raw)
         except WireError as exc:
@@ -154,3 +166,10 @@ class HsmControl:
         if self.subd is not None:
             self._stopping = True
             await self.subd.stop()
+
+
+def _drop_reply(exchange: asyncio.Future[tuple[bytes, list[int]]]) -> None:
+    """The reply to a request whose caller went away: its descriptors are nobody's."""
+    if not exchange.cancelled() and exchange.exception() is None:
+        for fd in exchange.result()[1]:
+            os.close(fd)

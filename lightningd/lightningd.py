@@ -389,7 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as exc:
         print(f"lightningd: {exc}", file=sys.stderr)
         return 1
-    os.makedirs(config.network_dir, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(config.network_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        print(f"lightningd: Could not create {config.network_dir}: {exc.strerror}", file=sys.stderr)
+        return 1
     if config.daemon:
         daemonize()
     # Before anything is opened: the zygote is a fork of this process (lightningd/zygote.py).

@@ -299,7 +299,7 @@ class OpeningControl:
         assert pending.subd is not None
         try:
             await pending.subd.send(msg)
-        except DaemonConnError as exc:
+        except (DaemonConnError, OSError) as exc:  # OSError: its socket already closed
             raise RpcError(LIGHTNINGD, f"openingd is gone: {exc}") from None
 
     @staticmethod

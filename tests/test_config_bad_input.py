@@ -139,3 +139,11 @@ def test_directory_that_is_a_file(tmp_path: Path, file: str, lightning_dir: str)
     blocker = write(tmp_path / file, "not a directory\n")
     ldir = tmp_path / lightning_dir
     assert refused(ldir, "--regtest") == f"--lightning-dir={ldir}: {blocker} is not a directory"
+
+
+def test_lightning_dir_that_cannot_be_created(tmp_path: Path) -> None:
+    """mkdir failing for any other reason (a name too long here; as a user, no permission)."""
+    ldir = tmp_path / ("x" * 300)
+    proc = run(ldir, "--regtest")
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == f"lightningd: Could not create {ldir / 'regtest'}: File name too long\n"

@@ -144,6 +144,24 @@ def test_ecdh_matches_node_key(tmp_path):
     run(main())
 
 
+def test_cancelled_request_does_not_shift_the_replies(tmp_path):
+    """A caller cancelled while hsmd works on its request (a failed open cancels its
+    funding signature): the next request still gets its own reply, not that one."""
+
+    async def main():
+        hsm, _ = await started(tmp_path)
+        other = PrivateKey(b"\x07" * 32)
+        expected = await hsm.ecdh(other.public_key.format())
+        for _ in range(20):
+            first = asyncio.ensure_future(hsm.ecdh(PrivateKey(b"\x08" * 32).public_key.format()))
+            await asyncio.sleep(0)  # sent, not yet answered
+            first.cancel()
+            assert await hsm.ecdh(other.public_key.format()) == expected
+        await hsm.stop()
+
+    run(main())
+
+
 def test_dev_force_privkey(tmp_path):
     async def main():
         key = "01" * 32

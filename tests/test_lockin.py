@@ -14,26 +14,12 @@ import hashlib
 import pytest
 from bitcointx import segwit_addr
 from bitcointx.core import (
-    CMutableTransaction,
-    CMutableTxIn,
-    CMutableTxInWitness,
-    CMutableTxOut,
-    CMutableTxWitness,
-    COutPoint,
     CTransaction,
     Hash160,
 )
 from bitcointx.core.script import (
     OP_0,
-    OP_CHECKSIG,
-    OP_DUP,
-    OP_EQUALVERIFY,
-    OP_HASH160,
-    SIGHASH_ALL,
-    SIGVERSION_WITNESS_V0,
     CScript,
-    CScriptWitness,
-    SignatureHash,
 )
 from coincurve import PrivateKey, PublicKey
 
@@ -44,6 +30,7 @@ from contrib.regtest_node import RpcError
 from lightningd.chaintopology import parse_block
 from lightningd.channel import scid_to_str
 from lightningd.channel_control import ReestablishError, check_reestablish, make_scid
+from tests.faucet import faucet, spend_p2wpkh
 from tests.node import wait_for
 from tests.opening_peer import ANCHORS, SCID_ALIAS_BIT, STATIC_REMOTEKEY, OpeningPeer
 from wire import peer_wiregen as wire
@@ -62,35 +49,12 @@ ADDRESS = segwit_addr.encode("bcrt", 0, Hash160(PUBKEY))
 # --- a real funding transaction ------------------------------------------------------------
 
 
-def mature_coinbase(bitcoind) -> tuple[CTransaction, int]:
-    """A coinbase output of ours that can be spent in the next block."""
-    first = bitcoind.generate(101, ADDRESS)[0]
-    block = parse_block(bytes.fromhex(bitcoind.rpc("getblock", first, 0)))
-    coinbase = block.txs[0]
-    outnum = next(i for i, o in enumerate(coinbase.vout) if o.scriptPubKey == P2WPKH)
-    assert coinbase.vout[outnum].nValue > FUNDING + FEE, "regtest subsidy too small"
-    return coinbase, outnum
-
-
 def funding_tx(bitcoind, funding_script: bytes) -> CTransaction:
-    """Coinbase -> [the 2-of-2 funding output (outnum 0), change], signed (P2WPKH)."""
-    coinbase, n = mature_coinbase(bitcoind)
-    value = coinbase.vout[n].nValue
-    tx = CMutableTransaction(
-        [CMutableTxIn(COutPoint(coinbase.GetTxid(), n))],
-        [
-            CMutableTxOut(FUNDING, CScript(funding_script)),
-            CMutableTxOut(value - FUNDING - FEE, P2WPKH),
-        ],
-        nVersion=2,
-    )
-    script_code = CScript([OP_DUP, OP_HASH160, Hash160(PUBKEY), OP_EQUALVERIFY, OP_CHECKSIG])
-    sighash = SignatureHash(
-        script_code, tx, 0, SIGHASH_ALL, amount=value, sigversion=SIGVERSION_WITNESS_V0
-    )
-    sig = KEY.sign(sighash, hasher=None) + bytes([SIGHASH_ALL])
-    tx.wit = CMutableTxWitness([CMutableTxInWitness(CScriptWitness([sig, PUBKEY]))])
-    return tx.to_immutable()
+    """A faucet coin -> [the 2-of-2 funding output (outnum 0), change], signed (P2WPKH)."""
+    tap = faucet(bitcoind)
+    coin = tap.coin()
+    change = coin.value_sat - FUNDING - FEE
+    return spend_p2wpkh(tap.secret, coin, [(funding_script, FUNDING), (bytes(P2WPKH), change)])
 
 
 def mine_funding(bitcoind, tx: CTransaction) -> str:
