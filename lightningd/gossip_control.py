@@ -63,7 +63,7 @@ class GossipControl:
 
     async def start(self) -> None:
         cfg = self.ld.config
-        self.subd = Subd.start(
+        self.subd = await Subd.start(
             SOURCE,
             "gossipd.gossipd",
             {},

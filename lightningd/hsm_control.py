@@ -59,7 +59,7 @@ class HsmControl:
     async def start(
         self, hsm_secret_path: str, chain_hash: bytes, hsmd_args: list[str] | None = None
     ) -> HsmInfo:
-        self.subd = Subd.start(
+        self.subd = await Subd.start(
             "hsmd", "hsmd.hsmd", {}, hsmd_args or [], self.log, None, self._reply, self._died
         )
         reply = await self.request(

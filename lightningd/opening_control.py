@@ -135,7 +135,7 @@ class OpeningControl:
         hsm_fd = -1
         try:
             hsm_fd = await self.ld.hsm.client_fd(peer.node_id, dbid, OPENINGD_CAPABILITIES)
-            pending.subd = Subd.start(
+            pending.subd = await Subd.start(
                 "openingd",
                 "openingd.openingd",
                 {PEER_FD: handover.fd, HSM_FD: hsm_fd},

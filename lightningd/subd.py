@@ -105,7 +105,7 @@ class Subd:
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
-    def start(
+    async def start(
         cls,
         name: str,
         module: str,
@@ -116,10 +116,16 @@ class Subd:
         on_message: Callable[[bytes, list[int]], Awaitable[None]],
         on_death: Callable[[Subd], Awaitable[None]],
     ) -> Subd:
-        """Spawn `module` with a fresh master socket at fd 0 and `fds` at theirs."""
+        """Spawn `module` with a fresh master socket at fd 0 and `fds` at theirs.
+
+        In a worker thread: the zygote's fork and reply take milliseconds, which the
+        event loop spends on everybody else (under load, 50 opens' worth a second).
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            pid = spawn_subdaemon(module, {REQ_FD: theirs.fileno(), **fds}, args)
+            pid = await asyncio.get_running_loop().run_in_executor(
+                None, spawn_subdaemon, module, {REQ_FD: theirs.fileno(), **fds}, args
+            )
         finally:
             theirs.close()
         log.debug(name, f"started, pid {pid}", node_id)

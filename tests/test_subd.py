@@ -23,7 +23,7 @@ async def start(log: NodeLog, *args: str):
     async def on_death(subd: Subd) -> None:
         await died.put(subd)
 
-    subd = Subd.start(
+    subd = await Subd.start(
         "testd", "tests.status_subdaemon", {}, list(args), log, PEER, on_message, on_death
     )
     return subd, died, received

@@ -166,7 +166,7 @@ def test_subd_supervision_through_zygote(zygote):
         async def on_death(subd: Subd) -> None:
             await died.put(subd)
 
-        subd = Subd.start("testd", STATUS, {}, WAIT, log, None, on_message, on_death)
+        subd = await Subd.start("testd", STATUS, {}, WAIT, log, None, on_message, on_death)
         assert forked_from_zygote(subd.pid)
         await asyncio.sleep(0.2)
         os.kill(subd.pid, signal.SIGKILL)
