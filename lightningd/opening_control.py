@@ -60,6 +60,7 @@ from lightningd.jsonrpc_errors import (
     LIGHTNINGD,
 )
 from lightningd.subd import Subd
+from lightningd.wallet import param_outpoints, param_psbt
 from openingd import openingd_wiregen as wire
 
 if TYPE_CHECKING:
@@ -345,7 +346,7 @@ class OpeningControl:
                 Param("feerate", param_feerate, required=False),
                 Param("announce", param_bool, required=False, default=True),
                 Param("minconf", param_u32, required=False, default=1),
-                Param("utxos", param_array, required=False),
+                Param("utxos", param_outpoints, required=False),
                 Param("push_msat", param_msat, required=False),
                 Param("close_to", param_string, required=False),
                 Param("request_amt", param_sat, required=False),
@@ -364,7 +365,7 @@ class OpeningControl:
                 Param("destinations", param_array),
                 Param("feerate", param_feerate, required=False),
                 Param("minconf", param_u32, required=False, default=1),
-                Param("utxos", param_array, required=False),
+                Param("utxos", param_outpoints, required=False),
                 Param("minchannels", param_u32, required=False),
                 Param("commitment_feerate", param_feerate, required=False),
             ],
@@ -377,7 +378,7 @@ class OpeningControl:
             self.json_fundchannel_complete,
             [
                 Param("id", param_node_id),
-                Param("psbt", param_string),
+                Param("psbt", param_psbt),
                 Param("withhold", param_bool, required=False, default=False),
             ],
             category="channels",
@@ -489,7 +490,7 @@ class OpeningControl:
         feerate: FeerateSpec | None = None,
         announce: bool = True,
         minconf: int = 1,
-        utxos: list[Any] | None = None,
+        utxos: list[tuple[bytes, int]] | None = None,
         push_msat: AmountMsat | None = None,
         close_to: str | None = None,
         request_amt: AmountSat | None = None,
@@ -504,16 +505,15 @@ class OpeningControl:
             raise RpcError(LIGHTNINGD, "No wallet: lightningd has no chain backend")
         if request_amt is not None or compact_lease is not None:
             raise RpcError(FUNDING_V2_NOT_SUPPORTED, "Liquidity ads need dual funding (v2)")
-        outpoints = parse_utxos(utxos)
         funding_feerate = self.commitment_feerate(feerate)
         if amount is None:  # "all": what the wallet can put in one P2WSH output
-            amount = wallet.max_fundable(P2WSH_LEN, funding_feerate, minconf, outpoints)
+            amount = wallet.max_fundable(P2WSH_LEN, funding_feerate, minconf, utxos)
         pending, reply = await self.start_funding(
             id, amount, feerate, announce, close_to, push_msat, mindepth, reserve, channel_type
         )
         try:
             funded = wallet.prepare(
-                [(reply.funding_scriptpubkey, amount)], funding_feerate, minconf, outpoints
+                [(reply.funding_scriptpubkey, amount)], funding_feerate, minconf, utxos
             )
         except BaseException:
             await self._cancel_quietly(pending)
@@ -609,7 +609,7 @@ class OpeningControl:
         destinations: list[Any],
         feerate: FeerateSpec | None = None,
         minconf: int = 1,
-        utxos: list[Any] | None = None,
+        utxos: list[tuple[bytes, int]] | None = None,
         minchannels: int | None = None,
         commitment_feerate: FeerateSpec | None = None,
     ) -> dict:
@@ -625,11 +625,10 @@ class OpeningControl:
         needed = len(dests) if minchannels is None else minchannels
         if not 1 <= needed <= len(dests):
             raise RpcError(-32602, f"minchannels: should be 1 to {len(dests)}")
-        outpoints = parse_utxos(utxos)
         funding_feerate = self.commitment_feerate(feerate)
         # "all" (at most one): what remains for it once the other outputs are paid.
         plan = wallet.plan(
-            [(bytes(P2WSH_LEN), d.amount) for d in dests], funding_feerate, minconf, outpoints
+            [(bytes(P2WSH_LEN), d.amount) for d in dests], funding_feerate, minconf, utxos
         )
         amounts = [AmountSat(a) for _, a in plan.outputs]
         failed: list[dict] = []
@@ -642,7 +641,7 @@ class OpeningControl:
             )
         outputs = [(start.reply.funding_scriptpubkey, start.amount) for start in started]
         try:
-            funded, tx = await wallet.fund_outputs(outputs, funding_feerate, minconf, outpoints)
+            funded, tx = await wallet.fund_outputs(outputs, funding_feerate, minconf, utxos)
         except BaseException:
             for start in started:
                 await self._cancel_quietly(start.pending)
@@ -741,7 +740,9 @@ class OpeningControl:
             raise RpcError(FUNDING_STATE_INVALID, "fundchannel_start has not finished")
         return pending
 
-    async def json_fundchannel_complete(self, id: bytes, psbt: str, withhold: bool = False) -> dict:
+    async def json_fundchannel_complete(
+        self, id: bytes, psbt: PartiallySignedTransaction, withhold: bool = False
+    ) -> dict:
         # `withhold` (don't broadcast) matters once we broadcast funding txs (the wallet).
         self._connected_peer(id)
         pending = self._funder_open(id)
@@ -829,22 +830,6 @@ def parse_destination(entry: Any) -> Destination:
         raise RpcError(-32602, f"destinations: {entry}: {exc.should}") from None
 
 
-def parse_utxos(utxos: list[Any] | None) -> list[tuple[bytes, int]] | None:
-    """fundchannel's `utxos`: ["txid:outnum", ...], txids as Bitcoin displays them."""
-    if utxos is None:
-        return None
-    out = []
-    for text in utxos:
-        txid, _, outnum = str(text).partition(":")
-        try:
-            out.append((bytes.fromhex(txid)[::-1], int(outnum)))
-        except ValueError:
-            raise RpcError(-32602, f"utxos: '{text}' is not txid:outnum") from None
-        if len(out[-1][0]) != 32:
-            raise RpcError(-32602, f"utxos: '{text}' is not txid:outnum")
-    return out
-
-
 def parse_channel_type(bits: list[Any] | None) -> bytes:
     """fundchannel's channel_type: an array of feature bit numbers; empty: negotiate."""
     if bits is None:
@@ -872,13 +857,9 @@ def p2wsh_address(scriptpubkey: bytes, hrp: str) -> str:
 
 
 def find_funding_output(
-    psbt_text: str, scriptpubkey: bytes, amount: AmountSat
+    psbt: PartiallySignedTransaction, scriptpubkey: bytes, amount: AmountSat
 ) -> tuple[bytes, int]:
     """The funding output's outpoint in a PSBT, checking what CLN checks."""
-    try:
-        psbt = PartiallySignedTransaction.from_base64(psbt_text)
-    except Exception as exc:  # bitcointx raises several types for malformed PSBTs
-        raise RpcError(FUNDING_PSBT_INVALID, f"Could not parse psbt: {exc}") from None
     tx = psbt.unsigned_tx
     for i, inp in enumerate(psbt.inputs):
         utxo = inp.witness_utxo

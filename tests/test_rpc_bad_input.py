@@ -266,12 +266,25 @@ PARAM_ROWS = [
         for utxo in ("abc", f"{TXID}:x", f"{TXID}:-1", f"{TXID}:4294967296", f"{TXID[2:]}:0", 7)
     ],
     ("withdraw", [W, 10_000, None, 1, [f"{TXID}:0"]], INVALID_PARAMS, f"Unknown UTXO {TXID}:0"),
-    bad(
+    # fundchannel and multifundchannel parse `utxos` as withdraw does.
+    (
         "fundchannel",
         [UNKNOWN_PEER, 1, None, None, None, "bad"],
-        "utxos",
-        "should be an array",
-        "bad",
+        INVALID_PARAMS,
+        'Could not decode the outpoint array for utxos: "bad" is not a valid outpoint array.',
+    ),
+    (
+        "fundchannel",
+        {"id": UNKNOWN_PEER, "amount": 1, "utxos": [f"{TXID}:-1"]},
+        INVALID_PARAMS,
+        f'Could not decode outpoint "{json.dumps(f"{TXID}:-1")}", expected format: txid:output',
+    ),
+    bad(
+        "fundchannel_complete",
+        [UNKNOWN_PEER, "bm90IGEgcHNidA=="],
+        "psbt",
+        "Expected a PSBT",
+        "bm90IGEgcHNidA==",
     ),
 ]
 
@@ -352,8 +365,10 @@ def test_fundchannel_complete_bad_psbt(
 def test_fundchannel_complete_garbage_psbt(node: Node, negotiated: OpeningPeer):
     params = {"id": negotiated.node_id.hex(), "psbt": "bm90IGEgcHNidA=="}  # "not a psbt"
     err = error(node, "fundchannel_complete", params)
-    assert err["code"] == 309
-    assert err["message"].startswith("Could not parse psbt: ")
+    assert err == {
+        "code": INVALID_PARAMS,
+        "message": bad_token("psbt", "Expected a PSBT", "bm90IGEgcHNidA=="),
+    }
     assert negotiated.ping_pong()
 
 
