@@ -40,7 +40,7 @@ from common.read_peer_msg import (
 )
 from lightningd.channel import REMOTE
 from lightningd.gossip_control import GOSSIP_TYPES
-from lightningd.jsonrpc import Param, RpcError, param_bool, param_node_id
+from lightningd.jsonrpc import Param, ParamError, RpcError, param_bool, param_node_id
 from lightningd.jsonrpc_errors import LIGHTNINGD
 from wire import peer_wiregen as wire
 
@@ -302,7 +302,10 @@ class PeerControl:
         rpc.register(
             "listpeers",
             self.json_listpeers,
-            [Param("id", param_node_id, required=False), Param("level", str, required=False)],
+            [
+                Param("id", param_node_id, required=False),
+                Param("level", param_loglevel, required=False),
+            ],
             category="network",
             description="Show current peers, if {level} is set, include logs for {id}",
         )
@@ -351,3 +354,10 @@ class PeerControl:
             if id is None or c.peer_id == id
         ]
         return {"channels": self.ld.opening.uncommitted_json(id) + stored}
+
+
+def param_loglevel(value: object) -> str:
+    """listpeers' `level`, as CLN's param_loglevel takes it."""
+    if value in ("io", "debug", "info", "unusual"):
+        return str(value)
+    raise ParamError("should be 'io', 'debug', 'info', or 'unusual'")

@@ -227,6 +227,16 @@ PARAM_ROWS = [
     bad("connect", ["02" + "00" * 32], "id", NODE_ID, "02" + "00" * 32),  # not on the curve
     bad("listpeers", ["zz" * 33], "id", NODE_ID, "zz" * 33),
     bad("listpeerchannels", [42], "id", NODE_ID, 42),
+    *[
+        bad(
+            "listpeers",
+            [None, level],
+            "level",
+            "should be 'io', 'debug', 'info', or 'unusual'",
+            level,
+        )
+        for level in (5, "trace5", "")
+    ],
     bad("fundchannel", ["zz", 100_000], "id", NODE_ID, "zz"),
     ("connect", [UNKNOWN_PEER], 400, "Unable to connect, no address known for peer"),
     ("fundchannel", [UNKNOWN_PEER, 100_000], 305, "Peer not connected"),
