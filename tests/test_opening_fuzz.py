@@ -641,7 +641,9 @@ class Run:
         # channel failure (BOLT #2's "fail the channel") names the channel.
         if msg.channel_id not in self.ids:
             self.fail(f"{type(msg).NAME} names channel {msg.channel_id.hex()}: {msg.data!r}")
-        if isinstance(msg, wire.Error) and msg.channel_id == ZERO:
+        # An error on the all-zero id fails every channel, unless the peer chose that id
+        # for this channel itself (BOLT #2 does not forbid it).
+        if isinstance(msg, wire.Error) and msg.channel_id == ZERO and ZERO not in self.sent_ids:
             self.fail(f"an error on the all-zero channel_id fails every channel: {msg}")
         if isinstance(msg, wire.Error) and msg.channel_id in self.ours | {ZERO}:
             self.over = True
