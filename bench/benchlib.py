@@ -342,34 +342,17 @@ def mature_coinbase(bitcoind: RegtestNode) -> tuple[str, int]:
 
 def pay_many(bitcoind: RegtestNode, coin: tuple[str, int], outputs: list[tuple[str, int]]) -> str:
     """Spend `coin` (a P2WPKH coinbase of BENCH_SECRET) to (address, sat) outputs; send it."""
-    from bitcointx.core import (
-        CMutableTransaction,
-        CMutableTxIn,
-        CMutableTxOut,
-        COutPoint,
-        CTxInWitness,
-        CTxWitness,
-        lx,
-    )
-    from bitcointx.core.script import CScript, CScriptWitness
-
-    import common.secp  # noqa: F401  (python-bitcointx's secp256k1 first, as the wallet does)
     from common.chainparams import CHAINS
     from common.scripts import p2wpkh
-    from common.signature import script_sig, sign_segwit_input
     from lightningd.wallet import address_to_script
+    from tests.faucet import Coin, spend_p2wpkh
 
     txid, value = coin
-    pubkey = PrivateKey(BENCH_SECRET).public_key.format()
     regtest = CHAINS["regtest"]
-    vout = [CMutableTxOut(sat, CScript(address_to_script(a, regtest))) for a, sat in outputs]
+    scripts = [(address_to_script(a, regtest), sat) for a, sat in outputs]
     change = value - sum(sat for _, sat in outputs) - COINBASE_FEE_SAT
-    vout.append(CMutableTxOut(change, CScript(p2wpkh(pubkey))))
-    tx = CMutableTransaction([CMutableTxIn(COutPoint(lx(txid), 0))], vout)
-    # BIP143: a P2WPKH input signs the P2PKH form of its key's script.
-    script_code = CScript(b"\x76\xa9\x14" + p2wpkh(pubkey)[2:] + b"\x88\xac")
-    der = sign_segwit_input(BENCH_SECRET, tx, 0, script_code, value)
-    tx.wit = CTxWitness([CTxInWitness(CScriptWitness([script_sig(der), pubkey]))])
+    scripts.append((p2wpkh(PrivateKey(BENCH_SECRET).public_key.format()), change))
+    tx = spend_p2wpkh(BENCH_SECRET, Coin(txid, 0, value), scripts)
     return bitcoind.rpc("sendrawtransaction", tx.serialize().hex())
 
 
