@@ -104,11 +104,16 @@ def _place_fds(fds: list[int], targets: list[int]) -> None:
     staged = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _STAGING_MIN_FD) for fd in fds]
     for high, target in zip(staged, targets, strict=True):
         os.dup2(high, target, inheritable=True)
+    _close_all_but(set(targets))
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every descriptor of this process except `keep`."""
     lo = 0
-    for keep in sorted(set(targets)):
-        if lo < keep:  # closerange(n, n) would close from n to the end (close_range(n, n - 1))
-            os.closerange(lo, keep)
-        lo = keep + 1
+    for fd in sorted(keep):
+        if lo < fd:  # closerange(n, n) would close from n to the end (close_range(n, n - 1))
+            os.closerange(lo, fd)
+        lo = fd + 1
     os.closerange(lo, max(os.sysconf("SC_OPEN_MAX"), 1024))
 
 
@@ -406,13 +411,7 @@ def _launch_fork(theirs: socket.socket) -> int:
     if pid == 0:
         code = 127
         try:
-            keep = sorted({0, 1, 2, theirs.fileno()})
-            lo = 0
-            for fd in keep:
-                if lo < fd:
-                    os.closerange(lo, fd)
-                lo = fd + 1
-            os.closerange(lo, max(os.sysconf("SC_OPEN_MAX"), 1024))
+            _close_all_but({0, 1, 2, theirs.fileno()})
             _become_zygote(master, theirs)
         except BaseException:
             with contextlib.suppress(Exception):
