@@ -5,9 +5,11 @@
 - restart: the same lightning-dir started again (database already there, no channels).
 
 - N stored channels (`--channels 1000`, SYNTHETIC rows): a node is started once on a chain
-  with a few blocks and stopped; bench/synthetic_channels.py then stores N CHANNELD_NORMAL
-  channels (distinct peers, funding txs, short_channel_ids) through the daemon's own
-  save_channel; the node is started `--channel-runs` times. Each run also records how many
+  and follows it for more than the --rescan window (so every start re-processes 15 blocks,
+  as a real restart does), then stopped; bench/synthetic_channels.py then stores N
+  CHANNELD_NORMAL channels (distinct peers, funding txs, short_channel_ids) through the
+  daemon's own save_channel, their funding confirmed below the rescan window; the node is
+  started `--channel-runs` times. Each run also records how many
   channels listpeerchannels shows and in which states, and the log lines at UNUSUAL or
   BROKEN level, so a start-up that copes badly with the rows shows up instead of hiding.
   (bench_open.py also restarts its funder with its few real channels.)
@@ -37,6 +39,7 @@ from bench.benchlib import (
     wait_for,
 )
 from bench.synthetic_channels import add_channels
+from lightningd.chaintopology import RESCAN_BLOCKS
 
 
 def measure(runs: int) -> dict:
@@ -88,6 +91,8 @@ def measure_channels(runs: int, count: int) -> dict:
         node = Node(factory.base / "channels", bitcoind, *FAST)
         factory.nodes.append(node)
         start_to_rpc_ready(node)
+        # More blocks than the rescan window on top of the first one the node stores.
+        bitcoind.generate(RESCAN_BLOCKS + 5, ELSEWHERE)
         tip = bitcoind.rpc("getblockcount")
         wait_for(lambda: node.rpc.getinfo()["blockheight"] >= tip, 60, "the tip")
         stop_quietly(node)

@@ -5,10 +5,13 @@ channels through lightningd.channel.save_channel / Database.next_channel_dbid (w
 opening_control uses), state CHANNELD_NORMAL, each with its own peer (a distinct node key,
 never reachable: no address stored, so nothing dials it), its own funding tx and
 short_channel_id. The funding tx is recorded in `transactions` at a block the node has
-really processed (as the topology records a watched tx it saw confirm), so start-up finds
-every channel buried and locked in, as after a real restart. Nothing is on chain: the
-funding txs are well-formed but spend made-up outpoints, and the keys/signatures are valid
-points/signatures that no peer holds.
+really processed (as the topology records a watched tx it saw confirm): by default its
+oldest stored block, below the --rescan window, so start-up finds every channel buried and
+locked in, as after a real restart. (A tx recorded in a block the rescan re-processes would
+lose its confirmation, since nothing is really in that block, and be rebroadcast at every
+start: no real node's channels look like that.) Nothing is on chain: the funding txs are
+well-formed but spend made-up outpoints, and the keys/signatures are valid points/signatures
+that no peer holds.
 """
 
 from __future__ import annotations
@@ -91,13 +94,18 @@ def _opened(i: int, txid: bytes) -> ow.OpenedChannel:
     )
 
 
-def add_channels(lightning_dir: Path, count: int) -> dict:
-    """Store `count` CHANNELD_NORMAL channels in a stopped node's database; what was written."""
+def add_channels(lightning_dir: Path, count: int, height: int | None = None) -> dict:
+    """Store `count` CHANNELD_NORMAL channels in a stopped node's database; what was written.
+
+    Their funding txs confirm at `height` (a stored block), by default the oldest stored one.
+    """
     path = lightning_dir / "regtest" / DB_FILE
     with Database.open(str(path), CHAINS["regtest"].chain_hash) as db:
-        height = db.query_one("SELECT MAX(height) FROM blocks")[0]
         if height is None:
-            raise RuntimeError("the node has processed no block: run it on a chain first")
+            height = db.query_one("SELECT MIN(height) FROM blocks")[0]
+        stored = db.query_one("SELECT 1 FROM blocks WHERE height = ?", (height,))
+        if height is None or stored is None:
+            raise RuntimeError("the node has not processed that block: run it on a chain first")
         for i in range(count):
             raw = _funding_tx(i)
             txid = CMutableTransaction.deserialize(raw).GetTxid()
@@ -118,5 +126,12 @@ def add_channels(lightning_dir: Path, count: int) -> dict:
                 "UPDATE transactions SET blockheight = ?, txindex = ? WHERE id = ?",
                 (height, i + 1, bytes(txid)),
             )
-        stored = db.query_one("SELECT COUNT(*) FROM channels")[0]
-    return {"synthetic_rows": True, "added": count, "stored": stored, "height": height}
+        total = db.query_one("SELECT COUNT(*) FROM channels")[0]
+        tip = db.query_one("SELECT MAX(height) FROM blocks")[0]
+    return {
+        "synthetic_rows": True,
+        "added": count,
+        "stored": total,
+        "height": height,
+        "stored_tip": tip,
+    }

@@ -8,9 +8,9 @@ minimal script-number encoding (e.g. a `to_self_delay` of 144 is `029000`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
-from bitcointx.core import Hash160
-from bitcointx.core._ripemd160 import ripemd160 as _ripemd160
+from bitcointx.core._ripemd160 import ripemd160 as _pure_ripemd160
 from bitcointx.core.script import (
     OP_0,
     OP_16,
@@ -44,14 +44,31 @@ def _check_pubkey(key: bytes) -> None:
         raise ValueError(f"expected a 33-byte compressed pubkey, got {key.hex()}")
 
 
-def ripemd160(data: bytes) -> bytes:
-    # hashlib's ripemd160 is missing on OpenSSL 3 builds without the legacy
-    # provider; bitcointx ships a pure-Python one (the one its Hash160 uses).
-    return _ripemd160(data)
+def _hashlib_ripemd160(data: bytes) -> bytes:
+    return hashlib.new("ripemd160", data).digest()
+
+
+def _pick_ripemd160() -> Callable[[bytes], bytes]:
+    # hashlib's ripemd160 is missing on OpenSSL 3 builds without the legacy provider;
+    # bitcointx ships a pure-Python one, ~100x slower (a wallet derives hundreds of
+    # scripts at start-up). Probed once: hashlib's, when it works.
+    try:
+        _hashlib_ripemd160(b"")
+    except ValueError:
+        return _pure_ripemd160
+    return _hashlib_ripemd160
+
+
+ripemd160 = _pick_ripemd160()
 
 
 def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def hash160(data: bytes) -> bytes:
+    """RIPEMD160(SHA256(data)), as bitcointx's Hash160 but with the fast ripemd160."""
+    return ripemd160(hashlib.sha256(data).digest())
 
 
 def funding_script(pubkey_a: bytes, pubkey_b: bytes) -> CScript:
@@ -119,7 +136,7 @@ def _revocation_hash_prefix(revocation_pubkey: bytes, remote_htlc_pubkey: bytes)
     return [
         OP_DUP,
         OP_HASH160,
-        Hash160(revocation_pubkey),
+        hash160(revocation_pubkey),
         OP_EQUAL,
         OP_IF,
         OP_CHECKSIG,
@@ -219,4 +236,4 @@ def p2wsh(witness_script: bytes) -> CScript:
 def p2wpkh(pubkey: bytes) -> CScript:
     """Version-0 P2WPKH scriptPubKey: OP_0 <hash160(pubkey)>."""
     _check_pubkey(pubkey)
-    return CScript([OP_0, Hash160(pubkey)])
+    return CScript([OP_0, hash160(pubkey)])

@@ -2,10 +2,16 @@
 
 The client is a small HTTP/1.1 POST on asyncio streams rather than urllib in an executor:
 a request to a hung bitcoind can be cancelled at shutdown (a thread blocked in urllib
-cannot), timeouts are per request, and nothing else in the master uses threads. Each call
-opens its own connection, so a bitcoind restart never leaves a stale keep-alive socket, and
-at most BITCOIND_MAX_PARALLEL calls run at once: bitcoind's HTTP server has four worker
-threads and fails, rather than queues, requests beyond its work queue (bcli's limit too).
+cannot), timeouts are per request, and nothing else in the master uses threads. At most
+BITCOIND_MAX_PARALLEL calls run at once: bitcoind's HTTP server has four worker threads and
+fails, rather than queues, requests beyond its work queue (bcli's limit too).
+
+Connections are kept alive and reused (a restart's rescan makes dozens of calls; a new TCP
+connection for each was most of their cost), one per call in flight. bitcoind closes an
+idle one after -rpcservertimeout (30 s), bcoin after 5 s, and a restarted bitcoind drops
+them all: a kept connection found closed, or that the server closes before answering, is
+replaced by a fresh one once. A connection whose exchange did not complete (error, timeout,
+cancel) is closed, never reused.
 
 Authentication is --bitcoin-rpcuser/--bitcoin-rpcpassword when given, else the cookie file
 bitcoind writes into its datadir (re-read on every call: bitcoind writes a new one each time
@@ -104,6 +110,7 @@ class Bitcoind:
         self.version = 0
         self._ids = itertools.count(1)
         self._slots = asyncio.Semaphore(BITCOIND_MAX_PARALLEL)
+        self._idle: list[_Connection] = []  # kept-alive connections, none in use
 
     @classmethod
     def from_config(cls, config: Any, log: NodeLog) -> Bitcoind:
@@ -145,26 +152,61 @@ class Bitcoind:
             f"POST / HTTP/1.1\r\nHost: {self.address}\r\n"
             f"Authorization: {self._auth_header()}\r\n"
             "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
         )
         return head.encode() + body
 
     async def _post(self, body: bytes) -> tuple[int, bytes]:
         request = self._request_bytes(body)
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                return await self._exchange(conn, request, reused=True)
+            except _StaleConnection:
+                pass  # closed by the server while idle: it never saw the request
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port)
         except OSError as exc:
             raise BitcoindUnreachable(f"cannot connect to {self.address}: {_why(exc)}") from None
+        return await self._exchange(_Connection(reader, writer), request, reused=False)
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.usable():
+                return conn
+            conn.abort()
+        return None
+
+    async def _exchange(self, conn: _Connection, request: bytes, reused: bool) -> tuple[int, bytes]:
+        """One request and its response; the connection is kept only if both completed."""
+        keep = False
+        status_line = b""
         try:
-            writer.write(request)
-            await writer.drain()
-            return await _read_response(reader)
+            conn.writer.write(request)
+            await conn.writer.drain()
+            status_line = await conn.reader.readline()
+            if not status_line and reused:
+                raise _StaleConnection
+            status, data, keep = await _read_reply(conn.reader, status_line)
+            return status, data
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            if reused and not status_line:
+                raise _StaleConnection from None
+            raise BitcoindUnreachable(f"connection to {self.address} failed: {_why(exc)}") from None
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             raise BitcoindUnreachable(f"connection to {self.address} failed: {_why(exc)}") from None
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            if keep:
+                self._idle.append(conn)
+            else:
+                await conn.close()
+
+    async def close(self) -> None:
+        """Close the kept-alive connections (calls made later open new ones)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
 
     async def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
         """One RPC call; BitcoindError for bitcoind's errors, BitcoindUnreachable otherwise."""
@@ -334,9 +376,35 @@ def _why(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
+class _StaleConnection(Exception):
+    """A kept-alive connection the server had closed before our request reached it."""
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def usable(self) -> bool:
+        return not (self.reader.at_eof() or self.writer.is_closing())
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     """Status and body of one HTTP/1.1 response (Content-Length, chunked, or to EOF)."""
-    status_line = await reader.readline()
+    status, body, _ = await _read_reply(reader, await reader.readline())
+    return status, body
+
+
+async def _read_reply(reader: asyncio.StreamReader, status_line: bytes) -> tuple[int, bytes, bool]:
+    """_read_response after its status line; also whether the connection may be reused."""
     parts = status_line.decode("latin-1").split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/"):
         raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
@@ -348,14 +416,23 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
             break
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
+    keep = _keeps_alive(parts[0], headers.get("connection", ""))
     if headers.get("transfer-encoding", "").lower() == "chunked":
-        return status, await _read_chunked(reader)
+        return status, await _read_chunked(reader), keep
     if "content-length" in headers:
         length = int(headers["content-length"])
         if length > _MAX_RESPONSE:
             raise ValueError(f"response of {length} bytes is too large")
-        return status, await reader.readexactly(length)
-    return status, await reader.read(_MAX_RESPONSE)
+        return status, await reader.readexactly(length), keep
+    return status, await reader.read(_MAX_RESPONSE), False  # the body ends at EOF
+
+
+def _keeps_alive(version: str, connection: str) -> bool:
+    """HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when told."""
+    tokens = {t.strip().lower() for t in connection.split(",")}
+    if "close" in tokens:
+        return False
+    return version != "HTTP/1.0" or "keep-alive" in tokens
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,9 @@ _FEE_ESTIMATE_WEIGHTS = (
     ("htlc_success_satoshis", 703, "unilateral_close"),
 )
 _MISSING_FEERATES = "Some fee estimates unavailable: bitcoind startup?"
+# Txids per `IN (...)` when looking up many confirmations at once (SQLite's oldest limit on
+# bound parameters is 999).
+_SQL_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class BroadcastError(Exception):
 BlockListener = Callable[[Block, int], Awaitable[None]]
 ReorgListener = Callable[[int], Awaitable[None]]  # gets the height of the last common block
 TxCallback = Callable[[int, int | None, int | None], Awaitable[None]]  # depth, height, index
+Confirmation = tuple[int, int]  # blockheight, txindex
 FeerateSpec = int | str  # perkw, or a name / "<n>blocks" resolved when used
 
 
@@ -153,6 +157,8 @@ class ChainTopology:
         self._reorg_listeners: list[ReorgListener] = []
         self._watches: dict[bytes, list[TxCallback]] = {}
         self._told_depth: dict[tuple[bytes, TxCallback], int] = {}
+        # Watches added since the last look at `transactions`: told together, in one query.
+        self._new_watches: list[tuple[bytes, TxCallback]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._new_block = asyncio.Event()
@@ -187,7 +193,11 @@ class ChainTopology:
         watches before start() so the blocks processed at start-up are checked too.
         """
         self._watches.setdefault(txid, []).append(callback)
-        self._spawn(self._tell_depth(txid, callback))
+        # Batched: a restart watches every channel's funding at once, and one query for all
+        # of them beats one each.
+        self._new_watches.append((txid, callback))
+        if len(self._new_watches) == 1:
+            self._spawn(self._tell_new_watches())
 
     def unwatch_txid(self, txid: bytes, callback: TxCallback | None = None) -> None:
         callbacks = self._watches.get(txid, [])
@@ -197,14 +207,24 @@ class ChainTopology:
         if not callbacks:
             self._watches.pop(txid, None)
 
-    def tx_confirmation(self, txid: bytes) -> tuple[int, int] | None:
+    def tx_confirmation(self, txid: bytes) -> Confirmation | None:
         """(blockheight, txindex) of a transaction in `transactions`, if confirmed."""
-        row = self.db.query_one(
-            "SELECT blockheight, txindex FROM transactions WHERE id = ?", (txid,)
-        )
-        if row is None or row["blockheight"] is None:
-            return None
-        return int(row["blockheight"]), int(row["txindex"] or 0)
+        return self.tx_confirmations([txid]).get(txid)
+
+    def tx_confirmations(self, txids: Collection[bytes]) -> dict[bytes, Confirmation]:
+        """tx_confirmation for many txids at once: those confirmed, by txid."""
+        ids = list(txids)
+        found: dict[bytes, Confirmation] = {}
+        for start in range(0, len(ids), _SQL_BATCH):
+            chunk = ids[start : start + _SQL_BATCH]
+            rows = self.db.query(
+                "SELECT id, blockheight, txindex FROM transactions"
+                f" WHERE blockheight IS NOT NULL AND id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                found[bytes(row["id"])] = (int(row["blockheight"]), int(row["txindex"] or 0))
+        return found
 
     async def wait_for_height(self, height: int) -> None:
         """Until our tip reaches `height` (callers add their own timeout)."""
@@ -230,6 +250,7 @@ class ChainTopology:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task  # shutting down: a listener's failure no longer matters
         self._poller = None
+        await self.bitcoind.close()  # its kept-alive connections
 
     async def _roll_back_for_rescan(self) -> None:
         row = self.db.query_one("SELECT MIN(height) AS low, MAX(height) AS high FROM blocks")
@@ -379,24 +400,38 @@ class ChainTopology:
 
     # -- watched transactions ----------------------------------------------------------------
 
-    def _depth(self, txid: bytes) -> tuple[int, int | None, int | None]:
-        conf = self.tx_confirmation(txid)
+    def _depth(self, conf: Confirmation | None) -> tuple[int, int | None, int | None]:
         if conf is None:
             return 0, None, None
         return self.height - conf[0] + 1, conf[0], conf[1]
 
-    async def _tell_depth(self, txid: bytes, callback: TxCallback) -> None:
-        depth, height, index = self._depth(txid)
-        key = (txid, callback)
-        if self._told_depth.get(key, 0) == depth:
-            return
-        self._told_depth[key] = depth
-        await self._call_listener(callback, depth, height, index)
+    async def _tell_depths(self, watches: list[tuple[bytes, TxCallback]]) -> None:
+        """Each watch's callback, if its txid's depth changed since it was last told.
+
+        Confirmations are read for all of them at once, and read again for those left
+        should the tip move while a callback awaits (only a new tip changes them). A watch
+        removed by an earlier callback is skipped.
+        """
+        tip: tuple[int, bytes] | None = None
+        confs: dict[bytes, Confirmation] | None = None
+        for i, (txid, callback) in enumerate(watches):
+            if confs is None or self._tip != tip:
+                tip, confs = self._tip, self.tx_confirmations({t for t, _ in watches[i:]})
+            depth, height, index = self._depth(confs.get(txid))
+            key = (txid, callback)
+            if self._told_depth.get(key, 0) == depth or callback not in self._watches.get(txid, ()):
+                continue
+            self._told_depth[key] = depth
+            await self._call_listener(callback, depth, height, index)
+
+    async def _tell_new_watches(self) -> None:
+        new, self._new_watches = self._new_watches, []
+        await self._tell_depths(new)
 
     async def _tell_all_depths(self) -> None:
-        for txid, callbacks in list(self._watches.items()):
-            for callback in list(callbacks):
-                await self._tell_depth(txid, callback)
+        await self._tell_depths(
+            [(txid, cb) for txid, callbacks in self._watches.items() for cb in callbacks]
+        )
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

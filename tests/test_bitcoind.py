@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 
 import pytest
 
 from common.chainparams import CHAINS
 from common.status import LogLevel
 from lightningd.bitcoind import (
+    BITCOIND_MAX_PARALLEL,
     Bitcoind,
     BitcoindAuthError,
     BitcoindError,
     BitcoindStartupError,
     BitcoindUnreachable,
+    _keeps_alive,
     _read_response,
     btc_to_sat,
     cookie_path,
@@ -227,6 +231,127 @@ def test_http_chunked_and_eof_bodies():
         run(parse(b"garbage\r\n\r\n"))
 
 
+class KeepAliveServer:
+    """A bare HTTP/1.1 JSON-RPC server answering getblockcount with 7, counting connections.
+
+    `close_after_reply`: close each connection after one reply, without saying so (as a
+    server timing out an idle keep-alive connection does). `delay_first`: the first request
+    is answered this late.
+    """
+
+    def __init__(self, close_after_reply: bool = False, delay_first: float = 0.0) -> None:
+        self.close_after_reply = close_after_reply
+        self.delay_first = delay_first
+        self.connections = 0
+        self.requests = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                req = json.loads(await reader.readexactly(length))
+                self.requests += 1
+                if self.requests == 1 and self.delay_first:
+                    await asyncio.sleep(self.delay_first)
+                body = json.dumps({"result": 7, "error": None, "id": req["id"]}).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+                if self.close_after_reply:
+                    break
+        writer.close()
+
+
+def keepalive_client(port: int, timeout: float = 5.0) -> Bitcoind:
+    return Bitcoind(quiet_log(), "regtest", "127.0.0.1", port, "u", "p", timeout=timeout)
+
+
+def test_connections_are_kept_alive_and_reused():
+    async def main():
+        server = KeepAliveServer()
+        btc = keepalive_client(await server.start())
+        for _ in range(10):
+            assert await btc.getblockcount() == 7
+        assert server.connections == 1
+        # Concurrent calls each take a connection (no more than the parallel limit).
+        got = await asyncio.gather(*(btc.getblockcount() for _ in range(8)))
+        assert got == [7] * 8
+        assert server.connections <= BITCOIND_MAX_PARALLEL
+        assert len(btc._idle) == server.connections
+        await btc.close()
+        assert not btc._idle
+        await server.stop()
+
+    run(main())
+
+
+def test_a_connection_closed_while_idle_is_replaced():
+    async def main():
+        server = KeepAliveServer(close_after_reply=True)
+        btc = keepalive_client(await server.start())
+        assert await btc.getblockcount() == 7
+        # Whether or not the close has been seen yet, the next call just uses a new one.
+        assert await btc.getblockcount() == 7
+        await asyncio.sleep(0.05)  # now it has: the kept connection is at EOF
+        assert await btc.getblockcount() == 7
+        assert server.connections == server.requests == 3
+        await btc.close()
+        await server.stop()
+
+    run(main())
+
+
+def test_a_timed_out_connection_is_not_reused():
+    async def main():
+        server = KeepAliveServer(delay_first=0.5)
+        btc = keepalive_client(await server.start(), timeout=0.2)
+        with pytest.raises(BitcoindUnreachable, match="timed out"):
+            await btc.getblockcount()
+        assert not btc._idle  # its late reply must not answer the next call
+        assert await btc.getblockcount() == 7
+        assert server.connections == 2
+        await btc.close()
+        await server.stop()
+
+    run(main())
+
+
+def test_unreachable_after_kept_connection_says_so():
+    async def main():
+        server = KeepAliveServer(close_after_reply=True)
+        port = await server.start()
+        btc = keepalive_client(port)
+        assert await btc.getblockcount() == 7
+        await server.stop()
+        await asyncio.sleep(0.05)
+        with pytest.raises(BitcoindUnreachable, match=f"cannot connect to 127.0.0.1:{port}"):
+            await btc.getblockcount()
+
+    run(main())
+
+
+def test_keep_alive_rules():
+    assert _keeps_alive("HTTP/1.1", "")
+    assert _keeps_alive("HTTP/1.1", "Keep-Alive")
+    assert not _keeps_alive("HTTP/1.1", "close")
+    assert not _keeps_alive("HTTP/1.0", "")
+    assert _keeps_alive("HTTP/1.0", "keep-alive")
+
+
 def test_against_a_real_regtest_node(tmp_path):
     node = start_regtest_node_or_skip(tmp_path / "bitcoin")
     try:
@@ -246,6 +371,9 @@ def test_against_a_real_regtest_node(tmp_path):
             assert await btc.mempool_floor_perkb() >= 1000
             estimate = await btc.estimatesmartfee(6, "ECONOMICAL")
             assert estimate is None or estimate > 0
+            # The node keeps the connection alive: every call above went over one.
+            assert len(btc._idle) == 1
+            await btc.close()
 
         run(main())
     finally:

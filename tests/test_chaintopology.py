@@ -208,6 +208,56 @@ def test_watch_txid_sees_depth_change_and_reorg(tmp_path):
     run(main())
 
 
+def test_many_watches_are_told_with_a_few_queries(tmp_path):
+    """A restart watches every channel's funding: depths come from one query per batch of
+    txids (per new block, and once for the new watches), not one per watch."""
+
+    async def main():
+        s = Setup(tmp_path)
+        blocks = s.fake.mine(3)
+        topo = await s.topology(start_height=0)
+        told: dict[bytes, list[tuple]] = {}
+
+        def watcher(txid: bytes):
+            async def depth_changed(depth, height, index):
+                told.setdefault(txid, []).append((depth, height, index))
+
+            return depth_changed
+
+        unknown = [random.randbytes(32) for _ in range(1200)]
+        coinbases = [b.txs[0].GetTxid() for b in blocks]
+        for txid in [*unknown, *coinbases]:
+            topo.watch_txid(txid, watcher(txid))
+        dropped = []
+
+        async def unwatched(depth, height, index):
+            dropped.append(depth)
+
+        topo.watch_txid(coinbases[0], unwatched)
+        topo.unwatch_txid(coinbases[0], unwatched)  # before its first telling: never told
+        queries = []
+        query = s.db.query
+
+        def counting(sql, params=()):
+            if "blockheight IS NOT NULL AND id IN" in sql:
+                queries.append(len(params))
+            return query(sql, params)
+
+        s.db.query = counting
+        await topo.start()
+        await asyncio.sleep(0.05)
+        # Each coinbase was told its depth as each block came, the last one at the tip (3).
+        for height, txid in enumerate(coinbases, start=1):
+            assert told[txid][-1] == (3 - height + 1, height, 0)
+        assert not set(told) - set(coinbases) and not dropped
+        # 4 blocks processed + the new watches, each in 3 batches of at most 500 txids.
+        assert len(queries) <= 5 * 3 and max(queries) <= 500
+        await topo.stop()
+        await s.fake.stop()
+
+    run(main())
+
+
 def test_broadcast_refused_already_confirmed_and_unreachable(tmp_path):
     async def main():
         s = Setup(tmp_path)
@@ -460,8 +510,7 @@ def test_param_feerate():
     assert param_feerate(4000) == 1000
     with pytest.raises(ParamError):
         param_feerate("fast")
-    with pytest.raises(ParamError):
-        param_feerate("100perkw")  # below the 253perkw floor
+    assert param_feerate("100perkw") == 253  # raised to the floor, as CLN's param_feerate_val
 
 
 def test_a_failing_listener_does_not_stop_the_chain(tmp_path):
