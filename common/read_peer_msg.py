@@ -4,7 +4,7 @@ Pure functions over raw messages, so the master's event loop and the
 blocking subdaemons apply the same rules: the `init` exchange and feature
 checks, answering `ping`, surfacing `error`/`warning`, ignoring unknown odd
 messages and refusing unknown even ones; and the token bucket that holds a
-peer to a message rate (pings in lightningd, gossip in gossipd).
+peer to a message rate (pings in lightningd and openingd, gossip in gossipd).
 """
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ from wire.fundamental import Message, UnknownMessageError, WireError
 ALL_CHANNELS = bytes(32)
 # BOLT #1: "if num_pong_bytes is less than 65532: MUST respond by sending a pong"
 MAX_PONG_BYTES = 65531
+# BOLT #1: "Limited precautions are recommended against `ping` flooding, however some
+# latitude is given because of network delays." Ten at once, then one a second.
+PING_BURST = 10
+PING_PER_SEC = 1.0
+PING_FLOOD = "Peer sent too many pings"
+_PING_TYPE = wire.Ping.TYPE.to_bytes(2, "big")
 
 
 class PeerProtocolError(Exception):
@@ -50,6 +56,17 @@ class TokenBucket:
             return False
         self.tokens -= 1
         return True
+
+
+def ping_limiter() -> TokenBucket:
+    """The allowance of pings one peer gets, in every process that answers them."""
+    return TokenBucket(PING_BURST, PING_PER_SEC)
+
+
+def check_ping_rate(raw: bytes, pings: TokenBucket) -> None:
+    """PeerProtocolError, with our warning, if `raw` is a ping beyond the allowance."""
+    if raw[:2] == _PING_TYPE and not pings.take():
+        raise PeerProtocolError(PING_FLOOD, make_warning(ALL_CHANNELS, PING_FLOOD))
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,11 @@ def check_init(raw: bytes, our_features: bytes, chain_hash: bytes) -> PeerInit:
         reason = f"No common chain: we are on {chain_hash.hex()}"
         raise PeerProtocolError(reason, make_warning(ALL_CHANNELS, reason))
     return PeerInit(features, networks, init.tlvs.remote_addr)
+
+
+# What a second open_channel (another temporary_channel_id) is told, as Core Lightning's
+# openingd says it: one open per peer at a time, and the open in flight goes on.
+MULTIPLE_CHANNELS = "Multiple channels unsupported"
 
 
 def make_error(channel_id: bytes, text: str) -> bytes:

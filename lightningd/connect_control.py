@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from common.features import our_features
@@ -37,6 +39,19 @@ if TYPE_CHECKING:
 
 SOURCE = "connectd"
 CONNECT_TIMEOUT = 30.0
+# Incoming connections between accept and `init` (BOLT #8 handshake, then init): each
+# holds a descriptor for up to --dev-timeout-secs. At the cap, accept waits for one to
+# end (the kernel's listen backlog holds later peers meanwhile), so a flood of silent
+# connections cannot use up our descriptors. A handshake takes milliseconds: 256 at once
+# is far above honest load.
+MAX_HANDSHAKES_IN_FLIGHT = 256
+# accept() failures that last while resources are short: retrying at once would spin.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# A connection that went away before we took it: just take the next one.
+GONE_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+ACCEPT_BACKOFF = 1.0
+# Each of these conditions is logged at most once a minute, however long it lasts.
+LOG_INTERVAL = 60.0
 
 
 class ConnectFailed(Exception):
@@ -59,13 +74,39 @@ def parse_host_port(text: str, default_port: int) -> NetAddress:
     return NetAddress(host, int(port))
 
 
+class RateLimited:
+    """Says whether a recurring condition is due to be logged again, and how many times
+    it happened unlogged since."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self.interval = interval
+        self.last: float | None = None
+        self.unlogged = 0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self.last is not None and now - self.last < self.interval:
+            self.unlogged += 1
+            return False
+        self.last = now
+        return True
+
+    def take_unlogged(self) -> str:
+        count, self.unlogged = self.unlogged, 0
+        return f" ({count} more times since last logged)" if count else ""
+
+
 class ConnectControl:
     def __init__(self, ld: LightningD) -> None:
         self.ld = ld
         self.listeners: list[socket.socket] = []
         self.accepting: list[asyncio.Task[None]] = []
         self.bindings: list[NetAddress] = []
+        # Incoming connections still in handshake or init (see MAX_HANDSHAKES_IN_FLIGHT).
         self.pending: set[asyncio.Task[None]] = set()
+        self.slot_freed = asyncio.Event()
+        self.full_log = RateLimited()
+        self.accept_error_log = RateLimited()
 
     @property
     def peer_timeout(self) -> float:
@@ -95,16 +136,51 @@ class ConnectControl:
     async def _accept_loop(self, lsock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._wait_for_slot()
             try:
                 sock, peername = await loop.sock_accept(lsock)
-            except OSError as exc:  # e.g. out of descriptors: keep listening
-                self.ld.log.unusual(SOURCE, f"accept failed: {exc.strerror}")
-                await asyncio.sleep(0.1)
+            except OSError as exc:
+                await self._accept_failed(exc)
                 continue
             sock.setblocking(False)
             task = loop.create_task(self._incoming(sock, NetAddress(*peername[:2])))
             self.pending.add(task)
-            task.add_done_callback(self.pending.discard)
+            task.add_done_callback(self._handshake_over)
+
+    def _handshake_over(self, task: asyncio.Task[None]) -> None:
+        self.pending.discard(task)
+        self.slot_freed.set()
+
+    async def _wait_for_slot(self) -> None:
+        """Return once fewer than MAX_HANDSHAKES_IN_FLIGHT incoming handshakes are running."""
+        if len(self.pending) < MAX_HANDSHAKES_IN_FLIGHT:
+            return
+        if self.full_log.due():
+            self.ld.log.unusual(
+                SOURCE,
+                f"{MAX_HANDSHAKES_IN_FLIGHT} handshakes in progress: not accepting connections"
+                f" until one ends{self.full_log.take_unlogged()}",
+            )
+        while len(self.pending) >= MAX_HANDSHAKES_IN_FLIGHT:
+            self.slot_freed.clear()
+            await self.slot_freed.wait()
+
+    async def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno in GONE_ERRNOS:
+            self.ld.log.debug(SOURCE, f"accept failed: {exc.strerror}")
+            return
+        # Out of descriptors (EMFILE/ENFILE) or memory, or something unexpected: the
+        # listening socket stays readable, so retrying at once would spin and log forever.
+        if self.accept_error_log.due():
+            self.ld.log.unusual(
+                SOURCE,
+                f"accept failed: {exc.strerror}: retrying when a handshake ends or in"
+                f" {ACCEPT_BACKOFF:g}s{self.accept_error_log.take_unlogged()}",
+            )
+        self.slot_freed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ACCEPT_BACKOFF):
+                await self.slot_freed.wait()
 
     async def _incoming(self, sock: socket.socket, address: NetAddress) -> None:
         try:

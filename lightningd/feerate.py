@@ -3,7 +3,8 @@
 "253perkw" (satoshi per 1000 weight units), "1000perkb" (per 1000 virtual
 bytes: a quarter of that per kw), a bare number (perkb, CLN's default style),
 or a name: slow, normal, urgent, minimum, opening. Until the chain backend
-gives estimates, a name maps to the regtest defaults below.
+gives estimates, a name maps to the regtest defaults below. A number below the
+floor is raised to it, as CLN's param_feerate_val does: "0perkw" means 253perkw.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def parse_feerate(value: Any) -> int:
         number, per_kw = text[: -len("perkw")], True
     elif text.endswith("perkb"):
         number = text[: -len("perkb")]
-    if not number.isdigit():
+    # CLN reads the number as a u32 (json_to_number): ASCII digits, below 2^32.
+    if not (number.isascii() and number.isdigit()) or int(number) >= 1 << 32:
         raise ParamError("should be a feerate")
     perkw = int(number) if per_kw else int(number) // 4
-    if perkw < FEERATE_FLOOR_PERKW:
-        raise ParamError(f"should be a feerate of at least {FEERATE_FLOOR_PERKW}perkw")
-    return perkw
+    # Nothing below the floor relays: a lower rate would only make a stuck transaction.
+    return max(perkw, FEERATE_FLOOR_PERKW)

@@ -27,6 +27,7 @@ from common.features import feature_names
 from common.peer_io import AsyncPeerConnection, ConnectionClosed, Handover
 from common.read_peer_msg import (
     ALL_CHANNELS,
+    MULTIPLE_CHANNELS,
     Deliver,
     Ignored,
     PeerError,
@@ -34,9 +35,11 @@ from common.read_peer_msg import (
     PeerProtocolError,
     Reply,
     TokenBucket,
+    check_ping_rate,
     handle_peer_msg,
     make_error,
     make_warning,
+    ping_limiter,
 )
 from lightningd.channel import REMOTE
 from lightningd.gossip_control import GOSSIP_TYPES
@@ -52,11 +55,6 @@ HANDED_OVER = object()
 # Core Lightning pings an idle peer about once a minute and gives it 30 seconds to answer.
 PING_INTERVAL = 60.0
 PONG_TIMEOUT = 30.0
-# BOLT #1: "Limited precautions are recommended against `ping` flooding, however some
-# latitude is given because of network delays." Ten at once, then one a second.
-PING_BURST = 10
-PING_PER_SEC = 1.0
-PING_FLOOD = "Peer sent too many pings"
 # Peers' opens in flight at once, node-wide: each one holds an openingd process (~6 MB
 # private). Above the 100 simultaneous inbound opens the performance targets ask for.
 MAX_OPENS_IN_FLIGHT = 128
@@ -92,7 +90,7 @@ class Peer:
     task: asyncio.Task[None] | None = None
     pong_expected: int | None = None
     disconnect_reason: str | None = None
-    pings: TokenBucket = field(default_factory=lambda: TokenBucket(PING_BURST, PING_PER_SEC))
+    pings: TokenBucket = field(default_factory=ping_limiter)
 
     def connect_result(self) -> dict:
         """What `connect` returns for this peer."""
@@ -213,11 +211,14 @@ class PeerControl:
 
     async def _handle(self, peer: Peer, raw: bytes) -> object:
         event = handle_peer_msg(raw)
-        if raw[:2] == wire.Ping.TYPE.to_bytes(2, "big") and not peer.pings.take():
-            raise PeerProtocolError(PING_FLOOD, make_warning(ALL_CHANNELS, PING_FLOOD))
+        check_ping_rate(raw, peer.pings)
         if isinstance(event, Deliver) and isinstance(event.msg, wire.OpenChannel):
+            if peer.node_id in self.ld.opening.opens:
+                # Core Lightning's openingd: the open in flight goes on, the new one is refused.
+                await self._refuse_open(peer, event.msg, MULTIPLE_CHANNELS)
+                return None
             if self._opens_in_flight() >= MAX_OPENS_IN_FLIGHT:
-                await self._refuse_open(peer, event.msg)
+                await self._refuse_open(peer, event.msg, TOO_MANY_OPENS)
                 return None
             await self.ld.opening.peer_open_channel(peer, raw)
             return HANDED_OVER if peer.conn is None else None
@@ -247,10 +248,8 @@ class PeerControl:
             p.uncommitted.opener == REMOTE and not p.done for p in self.ld.opening.opens.values()
         )
 
-    async def _refuse_open(self, peer: Peer, msg: wire.OpenChannel) -> None:
-        self.ld.log.unusual(
-            SOURCE, f"Refusing open_channel: {MAX_OPENS_IN_FLIGHT} opens in flight", peer.node_id
-        )
+    async def _refuse_open(self, peer: Peer, msg: wire.OpenChannel, why: str) -> None:
+        self.ld.log.unusual(SOURCE, f"Refusing open_channel: {why}", peer.node_id)
         # BOLT #1: the fundee, for errors "sent before (and not including) the
         # `funding_signed` message: MUST use `temporary_channel_id` in lieu of `channel_id`."
         await peer.conn.write_message(make_error(msg.temporary_channel_id, TOO_MANY_OPENS))

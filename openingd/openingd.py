@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import socket
 import time
 from dataclasses import dataclass, replace
 from typing import NoReturn, TypeVar
@@ -47,13 +48,16 @@ from common.key_derive import derive_revocation_pubkey, derive_simple_pubkey
 from common.peer_io import ConnectionClosed, HandoverError, PeerConnection
 from common.read_peer_msg import (
     ALL_CHANNELS,
+    MULTIPLE_CHANNELS,
     Deliver,
     Ignored,
     PeerError,
     PeerProtocolError,
     Reply,
+    check_ping_rate,
     handle_peer_msg,
     make_error,
+    ping_limiter,
 )
 from common.signature import SignatureError, compact_to_der
 from common.status import FailReason, FatalError
@@ -71,6 +75,10 @@ GOSSIP_TYPES = frozenset({256, 257, 258, 261, 262, 263, 264, 265})
 # BOLT #7: "the least-significant bit of `channel_flags`": `announce_channel`.
 ANNOUNCE_CHANNEL = 1
 BAD_PARAMS = "You gave bad parameters: "
+# After our last word to a peer we hang up on, how long we wait for it to hang up too
+# (as CLN's connectd drains a peer): closing with its bytes unread would send a reset,
+# and the peer's kernel could drop our warning or error unread.
+DRAIN_SECS = 5.0
 
 
 class Failed(Exception):
@@ -188,6 +196,8 @@ class Openingd:
         pending = init.cipher_state[STATE_LEN:]
         self.peer = PeerConnection.from_fd(subdaemon.PEER_FD, state, pending=pending)
         self.hsm = Hsm(DaemonConn.from_fd(subdaemon.HSM_FD))
+        # The master's ping-flood rule holds here too (a fresh allowance per handover).
+        self.pings = ping_limiter()
         self.limits = Limits(
             chain_hash=init.chain_hash,
             our_features=init.our_features,
@@ -293,8 +303,10 @@ class Openingd:
         """BOLT #1 housekeeping; the message for our protocol, or None if handled."""
         try:
             event = handle_peer_msg(raw)
+            check_ping_rate(raw, self.pings)
         except PeerProtocolError as exc:
-            # BOLT #1: unknown even messages and malformed ones: "MUST close the connection".
+            # BOLT #1: unknown even messages and malformed ones: "MUST close the connection";
+            # a ping flood: our warning, then the same.
             send = exc.warning or make_error(self.cid, exc.reason)
             raise Failed(exc.reason, send=send, peer_alive=False) from None
         if isinstance(event, Reply):
@@ -352,6 +364,8 @@ class Openingd:
                     continue
                 if isinstance(msg, peer):
                     return msg
+                if self.another_open(msg):
+                    continue
                 self.unexpected(msg, step)
 
     def poll(self, poller: select.poll, deadline: float | None, step: str) -> set[int]:
@@ -375,6 +389,16 @@ class Openingd:
         if not isinstance(msg, wanted):
             raise FatalError(FailReason.MASTER_IO, f"unexpected {msg.NAME} waiting for {step}")
         return msg
+
+    def another_open(self, msg: Message) -> bool:
+        """A second open_channel, for another channel: refuse it, keep negotiating ours."""
+        if not isinstance(msg, peer_wire.OpenChannel) or self.ours(msg.temporary_channel_id):
+            return False
+        self.status.debug(f"Rejecting open_channel {msg.temporary_channel_id.hex()}: one at a time")
+        # BOLT #1: the fundee, for errors "sent before (and not including) the
+        # `funding_signed` message: MUST use `temporary_channel_id` in lieu of `channel_id`."
+        self.send_peer(make_error(msg.temporary_channel_id, MULTIPLE_CHANNELS))
+        return True
 
     def unexpected(self, msg: Message, step: str) -> NoReturn:
         raise self.error(f"Unexpected message {msg.NAME} waiting for {step}")
@@ -816,9 +840,11 @@ class Openingd:
     def failed(self, f: Failed) -> None:
         self.status.debug(f"aborted opening negotiation: {f.reason}")
         alive = f.peer_alive
+        told = False
         if f.send is not None:
             try:
                 self.peer.write_message(f.send)
+                told = True
             except OSError:
                 alive = False
         fds: list[int] = []
@@ -836,7 +862,19 @@ class Openingd:
         for fd in fds:
             os.close(fd)
         if not alive:
-            self.peer.close()
+            self.hang_up(drain=told)
+
+    def hang_up(self, drain: bool) -> None:
+        """Close the peer; after our last message, only once it has had time to read it."""
+        if drain:
+            with contextlib.suppress(OSError):
+                self.peer.sock.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + DRAIN_SECS
+                while (left := deadline - time.monotonic()) > 0:
+                    self.peer.sock.settimeout(left)
+                    if not self.peer.sock.recv(65536):
+                        break
+        self.peer.close()
 
 
 def read_init(sub: subdaemon.Subdaemon) -> wire.OpeningdInit:

@@ -20,6 +20,7 @@ from bitcointx.core.script import OP_CHECKSIG, CScript
 from pyln.client import RpcError
 
 from common.features import bytes_to_bits
+from common.read_peer_msg import MULTIPLE_CHANNELS
 from tests.node import wait_for
 from tests.opening_peer import (
     ANCHORS,
@@ -302,6 +303,29 @@ def test_opener_they_sent_error(node_factory):
     assert failure.error["code"] == LIGHTNINGD
     assert_matches_all(failure.error["message"], [r"(?i)they sent error", "not today"])
     assert_no_channel(l1)
+
+
+@pytest.mark.parametrize("when", ["before accept_channel", "before funding_created"])
+def test_opener_refuses_their_open_channel_meanwhile(node_factory, when):
+    """While our open is negotiated, the peer's own open_channel (its own
+    temporary_channel_id) gets an error on that id, as CLN's openingd answers it; ours
+    goes on to a stored channel."""
+    l1, peer = peer_connected_from(node_factory)
+    start = fundchannel_start(l1, peer)
+    ours = peer.read_open_channel()
+    theirs = peer.open_channel_msg(temporary_channel_id=b"\x55" * 32)
+    if when == "before funding_created":
+        peer.send_accept_channel()
+        start.result()
+    peer.send(theirs.encode())
+    error = peer.expect_error()
+    assert (error.channel_id, error.data.decode()) == (b"\x55" * 32, MULTIPLE_CHANNELS)
+    assert error.channel_id != ours.temporary_channel_id
+    if when == "before accept_channel":
+        peer.send_accept_channel()
+        start.result()
+    complete(l1, peer)
+    check_stored_channel(l1, peer)
 
 
 def test_opener_they_sent_warning_then_accept(node_factory):

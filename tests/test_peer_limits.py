@@ -1,15 +1,19 @@
 """Limits that keep one peer from hurting the node, each tested over real connections.
 
 A stalled or dripping BOLT #8 handshake is dropped after --dev-timeout-secs
-(CLN's default 60 s only under --stress) and never holds up other peers; one v1 open
+(CLN's default 60 s only under --stress) and never holds up other peers; a cap on
+handshakes in flight, and accept backing off when out of descriptors; one v1 open
 per peer; a node-wide cap on peers' opens in flight; the 65535-byte message
-limit and corrupt frames; ping floods; gossip floods. After each, lightningd
-is alive (getinfo), other peers are served, and nothing was half-stored.
+limit and corrupt frames; ping floods (to lightningd and to openingd); gossip floods.
+After each, lightningd is alive (getinfo), other peers are served, and nothing was
+half-stored.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import select
 import socket
 import threading
@@ -17,8 +21,10 @@ import time
 
 import pytest
 
+from common.read_peer_msg import MULTIPLE_CHANNELS, PING_BURST, PING_FLOOD
 from gossipd.gossipd import RATE_BURST
-from lightningd.peer_control import MAX_OPENS_IN_FLIGHT, PING_BURST, PING_FLOOD, TOO_MANY_OPENS
+from lightningd.connect_control import MAX_HANDSHAKES_IN_FLIGHT
+from lightningd.peer_control import MAX_OPENS_IN_FLIGHT, TOO_MANY_OPENS
 from tests.node import wait_for
 from tests.opening_peer import OpeningPeer
 from tests.scripted_peer import REGTEST, ScriptedPeer, init_msg
@@ -118,6 +124,69 @@ def test_stalled_handshakes_do_not_hold_up_other_peers(node_factory):
     assert_alive(l1)
 
 
+def silent_flood(node, count: int) -> list[socket.socket]:
+    return [stall(node, "silent") for _ in range(count)]
+
+
+def test_handshake_flood_is_capped(node_factory):
+    """More than MAX_HANDSHAKES_IN_FLIGHT connections that never send Act One: accept
+    stops at the cap (said once in the log), so the flood cannot use up descriptors; a
+    real peer queued behind it connects as soon as the first silent ones time out, and
+    every silent connection is dropped in the end, none becoming a peer."""
+    l1 = node_factory.get_node("--developer", "--dev-timeout-secs=5")
+    extra = 20
+    flood = silent_flood(l1, MAX_HANDSHAKES_IN_FLIGHT + extra)
+    full = f"{MAX_HANDSHAKES_IN_FLIGHT} handshakes in progress: not accepting connections"
+    l1.wait_for_log(full)
+    assert_alive(l1)  # the RPC is not held up by the flood
+    start = time.monotonic()
+    good = connected(l1, b"\x3b" * 32)  # queued in the listen backlog until a slot frees
+    waited = time.monotonic() - start
+    print(f"good peer waited {waited:.1f}s")
+    assert 1.0 < waited < 10.0
+    assert_alive(l1, good)
+    timeouts = r"Handshake from .* failed: TIMEOUT"
+    wait_for(
+        lambda: len(re.findall(timeouts, l1.logs())) == len(flood),
+        what="every silent connection to time out",
+    )
+    assert all(hung_up_after(sock, None, 1) is not None for sock in flood)
+    for sock in flood:
+        sock.close()
+    logs = l1.logs()
+    assert len(re.findall(full, logs)) == 1
+    assert "accept failed" not in logs
+    assert peer_ids(l1) == {good.node_id.hex()}
+    assert_alive(l1, good)
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_accept_out_of_descriptors_backs_off(node_factory):
+    """lightningd out of descriptors (EMFILE): accept fails while connections wait in the
+    backlog. It is logged once, not every retry, and retried at most once a second; once
+    descriptors are back the waiting connections are taken and a real peer connects."""
+    l1 = node_factory.get_node()
+    pid = l1.proc.pid
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_fds(pid) + 4, hard))
+    try:
+        flood = silent_flood(l1, 30)
+        l1.wait_for_log(r"accept failed: Too many open files: retrying")
+        time.sleep(3)  # the old loop retried (and logged) every 0.1 s: ~30 lines here
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(re.findall(r"accept failed", l1.logs())) == 1
+    good = connected(l1, b"\x3c" * 32)
+    assert_alive(l1, good)
+    assert peer_ids(l1) == {good.node_id.hex()}
+    for sock in flood:
+        sock.close()
+    assert_alive(l1, good)
+
+
 def check_timeouts(node_factory, timeout: int, drip: float) -> None:
     """A silent, a dripping and an init-less connection are all closed once `timeout`
     (--dev-timeout-secs) is up, not before; other peers are served meanwhile."""
@@ -145,10 +214,10 @@ def check_timeouts(node_factory, timeout: int, drip: float) -> None:
     print(f"closed after: {took}")
     for key in waits:
         assert took[key] is not None and timeout - 1 <= took[key] <= limit, took
-    logs = l1.logs()
+    # The init timeout is logged just after its socket closes: wait for the line.
+    l1.wait_for_log("Incoming connection failed: timed out waiting for init")
     handshake_timeouts = rf"failed: TIMEOUT: handshake timed out \(after {timeout}\.0s\)"
-    assert len(re.findall(handshake_timeouts, logs)) == 2
-    assert "Incoming connection failed: timed out waiting for init" in logs
+    assert len(re.findall(handshake_timeouts, l1.logs())) == 2
     assert_alive(l1, good)
     assert peer_ids(l1) == {good.node_id.hex()}
 
@@ -176,25 +245,26 @@ def stalled_open(node, seed: bytes) -> OpeningPeer:
 
 
 def test_second_open_channel_while_one_is_in_flight(node_factory):
-    """One v1 open per peer: while openingd negotiates, a second open_channel (another
-    temporary_channel_id) fails the negotiation in flight; nothing is stored and the peer
-    may open again at once."""
+    """One v1 open per peer, as CLN's openingd: while one is negotiated, a second
+    open_channel (another temporary_channel_id) is refused with an error on its own id;
+    the open in flight goes on to funding_signed and is the only channel stored."""
     l1 = node_factory.get_node()
     peer = stalled_open(l1, b"twice")
     first = peer.open_msg
-    second = peer.send_open_channel(temporary_channel_id=b"\x77" * 32)
-    error = peer.expect_error()
-    assert error.channel_id == first.temporary_channel_id
-    assert error.data.decode() == "Unexpected message open_channel waiting for funding_created"
-    wait_for(lambda: channel_states(l1) == [], what="the failed open to disappear")
+    second = peer.open_channel_msg(temporary_channel_id=b"\x77" * 32)
     assert second.temporary_channel_id != first.temporary_channel_id
-    assert l1.rpc.getinfo()["num_pending_channels"] == 0
-    # The connection came back to lightningd: a fresh open goes through.
-    peer.send_open_channel()
-    peer.read_accept_channel()
+    peer.send(second.encode())
+    error = peer.expect_error()
+    assert (error.channel_id, error.data.decode()) == (b"\x77" * 32, MULTIPLE_CHANNELS)
+    assert channel_states(l1) == ["OPENINGD"]
+    # The first open was not touched: funding_created gets its funding_signed.
     peer.send_funding_created()
     peer.read_funding_signed()
     assert channel_states(l1) == ["CHANNELD_AWAITING_LOCKIN"]
+    (chan,) = l1.rpc.listpeerchannels()["channels"]
+    assert chan["channel_id"] == peer.channel_id().hex()
+    assert l1.rpc.getinfo()["num_pending_channels"] == 1
+    assert peer.ping_pong()  # still connected
 
 
 def test_cap_on_opens_in_flight(node_factory):
@@ -211,7 +281,7 @@ def test_cap_on_opens_in_flight(node_factory):
     assert channel_states(l1) == ["OPENINGD"] * MAX_OPENS_IN_FLIGHT
     assert late.ping_pong()  # still connected: only the channel was refused
     assert_alive(l1)
-    l1.wait_for_log(f"Refusing open_channel: {MAX_OPENS_IN_FLIGHT} opens in flight")
+    l1.wait_for_log(f"Refusing open_channel: {TOO_MANY_OPENS}")
     # One holder gives up: its openingd ends and the cap lets the late peer in.
     holding.pop().close()
     wait_for(lambda: len(channel_states(l1)) == MAX_OPENS_IN_FLIGHT - 1, what="a free slot")
@@ -286,6 +356,33 @@ def test_ping_flood_closes_the_connection(node_factory):
     assert len(answers) < flood  # a refill of one a second, not the flood
     l1.wait_for_log(f"Peer disconnected: {PING_FLOOD}")
     assert peer_ids(l1) == {bystander.node_id.hex()}
+    assert_alive(l1, bystander)
+
+
+def test_ping_flood_during_open_closes_the_connection(node_factory):
+    """openingd holds the master's ping rule: a peer that floods pings while its open is
+    negotiated gets PING_BURST pongs (then one a second), a warning, and a hang-up; the
+    open is dropped, nothing is stored, and the master serves other peers."""
+    l1 = node_factory.get_node()
+    bystander = connected(l1, b"\x3d" * 32)
+    peer = stalled_open(l1, b"pinger")  # openingd now holds the connection
+    flood = 6 * PING_BURST
+    for _ in range(flood):
+        peer.send(wire.Ping(num_pong_bytes=1, ignored=b"").encode())
+    answers = []
+    with pytest.raises((EOFError, ConnectionError)):
+        while True:
+            answers.append(peer.recv_skipping_pings())
+    warning = answers.pop()
+    assert isinstance(warning, wire.Warning), warning
+    assert (warning.channel_id, warning.data.decode()) == (bytes(32), PING_FLOOD)
+    assert all(isinstance(a, wire.Pong) for a in answers)
+    assert PING_BURST <= len(answers) < flood
+    peer.close()
+    l1.wait_for_log(f"Open failed: {PING_FLOOD}")
+    wait_for(lambda: channel_states(l1) == [], what="the open to be dropped")
+    wait_for(lambda: peer_ids(l1) == {bystander.node_id.hex()}, what="the flooder gone")
+    assert l1.rpc.getinfo()["num_pending_channels"] == 0
     assert_alive(l1, bystander)
 
 

@@ -251,7 +251,7 @@ PARAM_ROWS = [
     # Feerates.
     *[
         bad("withdraw", [W, 10_000, rate], "feerate", FEERATE_SHOULD, rate)
-        for rate in ("fastest", "-1perkw", "1000perkbx", "0perkw", "perkw", 1.5)
+        for rate in ("fastest", "-1perkw", "1000perkbx", "perkw", 1.5)
     ],
     # Addresses: CLN fails these with -1, in parameter order (before the amount's check).
     ("withdraw", [MAINNET_BECH32, 10_000], -1, NOT_ADDRESS),
