@@ -262,7 +262,13 @@ def test_subdaemon_and_zygote_die_with_lightningd(start):
         from lightningd.subd import spawn_subdaemon, {start}
         z = {start}()
         pid = spawn_subdaemon({STATUS!r}, {{0: {theirs.fileno()}}}, {WAIT!r})
-        title = open(f"/proc/{{pid}}/cmdline", "rb").read()
+        # The child sets its title once it runs: spawn may return a moment before.
+        deadline = time.monotonic() + 10
+        while True:
+            title = open(f"/proc/{{pid}}/cmdline", "rb").read()
+            if title.startswith(b"lightning_status_subdaemon") or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         print(z.pid, pid, int(title.startswith(b"lightning_status_subdaemon")), flush=True)
         time.sleep(60)
         """
