@@ -309,8 +309,20 @@ def save_first_blocknum(db: Database, channel: Channel) -> None:
 
 
 def forget_channel(db: Database, channel: Channel) -> None:
-    """Delete a channel that never had anything at stake (a fundee's, never funded)."""
-    db.execute("DELETE FROM channels WHERE id = ?", (channel.dbid,))
+    """Delete a channel that never had anything at stake (a fundee's never funded, or
+    ours whose funding tx will never be sent), committed and synced when this returns.
+
+    Our funding tx, if recorded with the channel (fundchannel) and never confirmed, goes
+    with its last channel: the chain code would otherwise keep rebroadcasting a tx whose
+    inputs the wallet has released, and could fund a channel nobody remembers.
+    """
+    with db.transaction():
+        db.execute("DELETE FROM channels WHERE id = ?", (channel.dbid,))
+        db.execute(
+            "DELETE FROM transactions WHERE id = ? AND blockheight IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM channels WHERE funding_txid = ?)",
+            (channel.opened.funding_txid, channel.opened.funding_txid),
+        )
 
 
 def save_remote_ann_sigs(db: Database, channel: Channel) -> None:

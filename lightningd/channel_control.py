@@ -24,7 +24,9 @@ What it does, as BOLT #2 "The `channel_ready` Message" and "Message Retransmissi
 - on reconnection sends `channel_reestablish` for a channel without updates, checks
   theirs, and then retransmits `channel_ready` (both next_commitment_numbers are 1).
 - forgets a channel opened to us whose funding tx it has not seen 2016 blocks after
-  storing it ("A non-funding node (fundee): SHOULD forget the channel"), as CLN does.
+  storing it ("A non-funding node (fundee): SHOULD forget the channel"), as CLN does;
+  and one we opened whose funding tx will never be sent (`cancel_unfunded`), with an
+  `error` to the peer.
 
 And, for a public channel, BOLT #7 "The `announcement_signatures` Message": once NORMAL with
 the funding six deep, our node and bitcoin signatures (from hsmd) go to the peer, once per
@@ -59,7 +61,7 @@ from common.gossip_sign import (
     with_signature,
     with_signatures,
 )
-from common.read_peer_msg import make_error, make_warning
+from common.read_peer_msg import ALL_CHANNELS, make_error, make_warning
 from lightningd.chaintopology import Block, TxCallback
 from lightningd.channel import (
     REMOTE,
@@ -229,6 +231,27 @@ class ChannelControl:
         for channel in [c for c in self.ld.channels if self._never_funded(c, height)]:
             self._forget(channel, height)
 
+    def peer_error(self, peer_id: bytes, channel_id: bytes) -> None:
+        """BOLT #1: on an `error` "for a known channel" (all-zero: every channel with the
+        sender) the receiver "MUST fail the channel". One opened to us whose funding tx we
+        never saw has nothing at stake: it is forgotten (the opener's multifundchannel or
+        fundchannel_cancel gave up on it). The others wait for a close this node cannot
+        make yet; the peer loop has logged the error."""
+        for channel in [c for c in self.ld.channels if c.peer_id == peer_id]:
+            if channel_id not in (ALL_CHANNELS, channel.opened.channel_id):
+                continue
+            if self._unfunded_inbound(channel):
+                self._log(channel).unusual("Forgetting channel: the peer failed it, unfunded")
+                self.forget(channel)
+
+    def _unfunded_inbound(self, channel: Channel) -> bool:
+        if channel.opener != REMOTE or channel.state != ChannelState.CHANNELD_AWAITING_LOCKIN:
+            return False
+        seen = self.ld.db.query_one(
+            "SELECT 1 FROM transactions WHERE id = ?", (channel.opened.funding_txid,)
+        )
+        return seen is None
+
     def _never_funded(self, channel: Channel, height: int) -> bool:
         """A fundee's channel whose funding tx was never seen, FUNDEE_FORGET_BLOCKS on.
 
@@ -236,31 +259,54 @@ class ChannelControl:
         `transactions` through reorgs and the restart rescan, which unconfirm it for a while.
         """
         if channel.opener != REMOTE or channel.state != ChannelState.CHANNELD_AWAITING_LOCKIN:
-            return False
+            return False  # (checked first: only these need a first_blocknum)
         if channel.first_blocknum is None:  # stored before we counted: count from now
             channel.first_blocknum = height
             save_first_blocknum(self.ld.db, channel)
-        if height - channel.first_blocknum < FUNDEE_FORGET_BLOCKS:
-            return False
-        seen = self.ld.db.query_one(
-            "SELECT 1 FROM transactions WHERE id = ?", (channel.opened.funding_txid,)
+        return height - channel.first_blocknum >= FUNDEE_FORGET_BLOCKS and (
+            self._unfunded_inbound(channel)
         )
-        return seen is None
 
     def _forget(self, channel: Channel, height: int) -> None:
-        assert self.ld.topology is not None and channel.first_blocknum is not None
+        assert channel.first_blocknum is not None
         self._log(channel).unusual(
             f"Forgetting channel: It has been {height - channel.first_blocknum} blocks without"
             f" the funding transaction {display_txid(channel.opened.funding_txid)} getting"
             " confirmed. We are giving up on this channel."
         )
+        self.forget(channel)
+
+    # -- a channel of ours whose funding tx will never be sent ------------------------------
+
+    async def cancel_unfunded(self, channel: Channel, reason: str) -> None:
+        """Forget a channel we opened whose funding tx will never be broadcast (a
+        multifundchannel with another peer failing, or bitcoind refusing the tx), and tell
+        the peer, as Core Lightning's fundchannel_cancel does after fundchannel_complete.
+
+        BOLT #1: on an `error` whose channel_id is "for a known channel" the receiver "MUST
+        fail the channel"; with no funding on chain the peer has nothing to lose by it.
+        Forgotten first and durably: if we die before the error leaves, the peer still
+        forgets the channel once the funding fails to appear (BOLT #2's 2016 blocks).
+        """
+        self._log(channel).unusual(f"Forgetting channel before its funding broadcast: {reason}")
+        self.forget(channel)
+        peer = self.ld.peers.peers.get(channel.peer_id)
+        if peer is not None:
+            await self._send(peer, channel, make_error(channel.opened.channel_id, reason))
+
+    def forget(self, channel: Channel) -> None:
+        """Delete a channel with nothing at stake: its funding watch, its row (synced, with
+        a funding tx of ours never confirmed), and what this module keeps about it."""
         callback = self._watches.pop(channel.dbid, None)
-        self.ld.topology.unwatch_txid(channel.opened.funding_txid, callback)
+        if callback is not None and self.ld.topology is not None:
+            # This channel's watch only: one multifundchannel tx funds other channels too.
+            self.ld.topology.unwatch_txid(channel.opened.funding_txid, callback)
         forget_channel(self.ld.db, channel)
         self.ld.channels[:] = [c for c in self.ld.channels if c is not channel]
         for state in (self._in_sync, self._ann_sigs_sent, self._deferred_ann_sigs):
             state.pop(channel.dbid, None)
         self._owed.discard(channel.dbid)
+        self._announced.discard(channel.dbid)
 
     async def _depth_changed(
         self, channel: Channel, depth: int, height: int | None, txindex: int | None

@@ -147,6 +147,32 @@ INSERT INTO vars (name, intval) VALUES ('next_channel_dbid', 1);
 INSERT INTO vars (name, intval) VALUES ('bip32_max_index', 0);
 """
 
+# An unsent tx's reservations name it, so start-up can free them if it was never recorded
+# (Wallet.release_unsent); reserveinputs' own reservations name none and survive restarts.
+# The vars rows that did this job before (`funding_reserved_<txid hex>`, blobval the inputs as
+# 32-byte txid + 4-byte big-endian outnum each) only ever outlived a crash, and this runs
+# before anything else at the start that follows it: do once what that start would have done,
+# release the inputs unless the tx was recorded, then drop the rows. (Converting them into
+# tags instead would end the same, a moment later, but needs unhex(): SQLite 3.41.)
+_RESERVED_FOR_TXID = """
+ALTER TABLE outputs ADD COLUMN reserved_for_txid BLOB;
+
+WITH RECURSIVE abandoned(points) AS (
+    SELECT blobval FROM vars
+     WHERE substr(name, 1, 17) = 'funding_reserved_'
+       AND substr(name, 18) NOT IN (SELECT lower(hex(id)) FROM transactions)
+    UNION ALL
+    SELECT substr(points, 37) FROM abandoned WHERE length(points) > 36
+)
+UPDATE outputs SET status = 0, reserved_til = NULL
+ WHERE status = 1
+   AND (prev_out_tx, printf('%08X', prev_out_index))
+       IN (SELECT substr(points, 1, 32), hex(substr(points, 33, 4)) FROM abandoned);
+
+DELETE FROM vars WHERE substr(name, 1, 17) = 'funding_reserved_';
+"""
+
 MIGRATIONS: list[str] = [
     _INITIAL,
+    _RESERVED_FOR_TXID,
 ]

@@ -12,11 +12,15 @@ named point (`LightningD.dev_crash`), which no outside observer could hit precis
 stages (tests/test_crash_matrix.py):
 
 - `open_offer`: accepter, open_channel arrived, before lightningd answers openingd;
-- `funding_reserved`: opener (fundchannel), wallet inputs reserved, before funding_created;
+- `funding_reserved`: opener (fundchannel), wallet inputs reserved for the funding txid,
+  before funding_created;
 - `channel_stored`: the new channel is on disk, before funding_signed goes out (accepter)
   or before the funding tx is broadcast (opener);
 - `funding_signed_sent`: accepter, right after funding_signed left;
 - `funding_broadcast`: opener, the funding tx is broadcast, before fundchannel returns;
+- `multifund_stored`: opener (multifundchannel), every channel is stored, before the
+  funding tx is recorded and broadcast: the next start forgets those channels and releases
+  the tx's inputs;
 - `lockin`: the funding tx reached minimum_depth and the short_channel_id is stored,
   before channel_ready goes out.
 """
@@ -196,7 +200,9 @@ class LightningD:
         )
         self.wallet = Wallet(self.db, self.hsm, self.topology, self.log, cfg.chain, account_xpub)
         self.wallet.channels_json = self.funds_channels_json
-        self.opening.release_abandoned_reservations()
+        # Channels first: a crash before the release finds the same unsent txs next time.
+        self.opening.forget_unfunded(self.wallet.unsent_txids())
+        self.wallet.release_unsent()
         self.channel_control.start()
         await self.topology.start()
         self.topology.register_commands(self.rpc)

@@ -78,13 +78,13 @@ OUR_MAX_ACCEPTED_HTLCS = 483
 DEFAULT_FEERATE_PERKW = 7500
 MIN_FEERATE_PERKW = 253
 MAX_FEERATE_PERKW = 10 * DEFAULT_FEERATE_PERKW
-# vars row (+ the funding txid) naming the wallet inputs a funding tx reserved, until it is
-# broadcast or they are released: a crash in between must not leave them reserved.
-VAR_FUNDING_RESERVED = "funding_reserved_"
 WARNING_USAGE = (
     "The funding transaction MUST NOT be broadcast until after channel establishment has "
     "been successfully completed by running `fundchannel_complete`"
 )
+# What Core Lightning's fundchannel_cancel (which multifundchannel's cleanup calls) sends the
+# peer of a stored channel whose funding tx will not be broadcast.
+CANCEL_BEFORE_BROADCAST = "Cancel channel by our RPC command before funding transaction broadcast."
 
 
 @dataclass
@@ -181,10 +181,6 @@ class OpeningControl:
 
     async def peer_open_channel(self, peer: Peer, raw: bytes) -> None:
         """The parked peer sent open_channel: an openingd takes it from here."""
-        if peer.node_id in self.opens:
-            # Core Lightning: "Multiple simultaneous opens not supported".
-            self.ld.log.unusual(SOURCE, "open_channel while an open is in flight", peer.node_id)
-            return
         await self.start_openingd(peer, REMOTE, raw)
 
     # -- messages from openingd -------------------------------------------------------------
@@ -518,7 +514,8 @@ class OpeningControl:
         except BaseException:
             await self._cancel_quietly(pending)
             raise
-        self._remember_reserved(funded.tx)
+        # The wallet tagged the inputs with the txid: a crash before the channel is stored
+        # (with the tx) leaves them to be released at the next start.
         self.ld.dev_crash("funding_reserved")
         outnum = funded.outnums[0]
         # hsmd signs it while the peer signs our first commitment: the txid is already final.
@@ -536,13 +533,9 @@ class OpeningControl:
         except BaseException:
             signing.cancel()
             wallet.release(funded.tx)
-            self._forget_reserved(funded.tx)
             raise
         # The channel is on disk (and synced): only now may the funding tx go out.
-        try:
-            await self._broadcast_funding(tx)
-        finally:  # sent, queued or refused (and released): nothing left to free at start
-            self._forget_reserved(tx)
+        await self._broadcast_funding(tx)
         self.ld.dev_crash("funding_broadcast")
         return {
             "tx": tx.serialize().hex(),
@@ -553,56 +546,67 @@ class OpeningControl:
         }
 
     async def _broadcast_funding(self, tx: CTransaction) -> None:
-        """Send the funding tx of a stored channel. Only bitcoind's refusal fails the open:
+        """Send the funding tx of stored channels. Only bitcoind's refusal fails the open:
         when it is merely unreachable the open has happened (failing it would invite a
-        second one), and the chain code sends the recorded tx again once bitcoind is back."""
+        second one), and the chain code sends the recorded tx again once bitcoind is back.
+        A refused tx is never sent again (the wallet has released its inputs), so its
+        channels are cancelled, as fundchannel and multifundchannel do in Core Lightning."""
         assert self.ld.wallet is not None
         try:
             await self.ld.wallet.broadcast(tx)
         except BroadcastError as exc:
-            if exc.final:
-                raise RpcError(
-                    FUNDING_BROADCAST_FAIL, f"Error broadcasting funding transaction: {exc}"
-                ) from None
-            self.ld.log.unusual(SOURCE, str(exc))
+            if not exc.final:
+                self.ld.log.unusual(SOURCE, str(exc))
+                return
+            await self._cancel_stored(bytes(tx.GetTxid()), f"refused by bitcoind: {exc}")
+            raise RpcError(
+                FUNDING_BROADCAST_FAIL, f"Error broadcasting funding transaction: {exc}"
+            ) from None
 
-    def _remember_reserved(self, tx: CTransaction) -> None:
-        # Not durable, like the reservation itself: a later durable commit covers both.
-        points = b"".join(i.prevout.hash + i.prevout.n.to_bytes(4, "big") for i in tx.vin)
-        with self.ld.db.transaction(durable=False):
-            self.ld.db.set_var(VAR_FUNDING_RESERVED + bytes(tx.GetTxid()).hex(), points)
+    async def _cancel_stored(self, txid: bytes, why: str) -> None:
+        """Forget every channel we stored on funding tx `txid`, which will never be sent,
+        telling each peer (call it before the tx's inputs go back to the wallet)."""
+        for channel in self._unbroadcast({txid}):
+            self.ld.log.unusual(
+                SOURCE,
+                f"Cancelling channel {channel.opened.channel_id.hex()}: funding tx"
+                f" {display_txid(txid)} {why}",
+                channel.peer_id,
+            )
+            await self.ld.channel_control.cancel_unfunded(channel, CANCEL_BEFORE_BROADCAST)
 
-    def _forget_reserved(self, tx: CTransaction) -> None:
-        self._forget_reserved_var(VAR_FUNDING_RESERVED + bytes(tx.GetTxid()).hex())
+    def _unbroadcast(self, txids: set[bytes]) -> list[Channel]:
+        """Our channels still waiting for a funding tx among `txids` (a copy: the caller
+        may forget them as it goes)."""
+        return [
+            c
+            for c in self.ld.channels
+            if c.opener == LOCAL
+            and c.state == ChannelState.CHANNELD_AWAITING_LOCKIN
+            and c.opened.funding_txid in txids
+        ]
 
-    def _forget_reserved_var(self, name: str) -> None:
-        with self.ld.db.transaction(durable=False):
-            self.ld.db.execute("DELETE FROM vars WHERE name = ?", (name,))
+    def forget_unfunded(self, unsent: set[bytes]) -> None:
+        """At start, before the wallet releases the inputs of its `unsent` txs (and before
+        channel_control watches anything): forget the channels we opened on one of them.
 
-    def release_abandoned_reservations(self) -> None:
-        """At start: free the inputs of funding txs that died before being recorded.
-
-        A recorded one (with its channel by fundchannel, before sending by the broadcast)
-        keeps them: it is sent again, and the wallet marks them spent when it confirms.
+        Only multifundchannel stores channels before recording their funding tx, so a crash
+        in between leaves them waiting for a tx that nobody holds and whose inputs go back
+        to the wallet. We never had anything in them; each peer forgets its side when the
+        funding never appears (BOLT #2's 2016 blocks). Channels funded from outside the wallet
+        (fundchannel_start/complete) reserve nothing here, so their txid is never `unsent`.
         """
-        wallet, db = self.ld.wallet, self.ld.db
-        assert wallet is not None
-        rows = db.query(
-            "SELECT name, blobval FROM vars WHERE name LIKE ?", (VAR_FUNDING_RESERVED + "%",)
-        )
-        for row in rows:
-            txid = bytes.fromhex(row["name"][len(VAR_FUNDING_RESERVED) :])
-            if db.query_one("SELECT 1 FROM transactions WHERE id = ?", (txid,)) is None:
-                points = bytes(row["blobval"] or b"")
-                utxos = [
-                    wallet.get_utxo(points[i : i + 32], int.from_bytes(points[i + 32 : i + 36]))
-                    for i in range(0, len(points), 36)
-                ]
-                wallet.release([u for u in utxos if u is not None])
-                self.ld.log.info(
-                    SOURCE, f"Released the inputs of unsent funding tx {display_txid(txid)}"
-                )
-            self._forget_reserved_var(row["name"])
+        for channel in self._unbroadcast(unsent):
+            txid = display_txid(channel.opened.funding_txid)
+            self.ld.log.unusual(
+                SOURCE,
+                f"Forgetting channel {channel.opened.channel_id.hex()}: its funding tx {txid}"
+                " was never recorded, so never sent",
+                channel.peer_id,
+            )
+            # Durable, before the inputs are released. No error to the peer: nobody is
+            # connected yet (it forgets when the funding never appears).
+            self.ld.channel_control.forget(channel)
 
     async def json_multifundchannel(
         self,
@@ -646,26 +650,21 @@ class OpeningControl:
             for start in started:
                 await self._cancel_quietly(start.pending)
             raise
-        # (A crash while hsmd signed leaves the inputs to lapse in 72 blocks, as in CLN.)
-        self._remember_reserved(tx)
         # Not recorded with each channel (unlike fundchannel): if one peer fails at
         # funding_signed, a recorded tx would later fund an output nobody can spend from.
+        # Until broadcast records it, a crash leaves it unsent: the next start forgets its
+        # stored channels and releases its inputs (forget_unfunded, Wallet.release_unsent).
         txid = bytes(tx.GetTxid())
         try:
-            replies = await asyncio.gather(
-                *(
-                    self._complete(start.pending, txid, outnum)
-                    for start, outnum in zip(started, funded.outnums, strict=True)
-                )
-            )
-        except BaseException:
+            replies = await self._complete_all(started, txid, funded.outnums)
+        except BaseException as exc:
+            # One peer failed: the tx will never be sent, so the channels the others stored
+            # on it would wait for ever. Forgotten (durably) before the inputs are free.
+            await self._cancel_stored(txid, f"will not be sent: {exc}")
             wallet.release(tx)
-            self._forget_reserved(tx)
             raise
-        try:
-            await self._broadcast_funding(tx)
-        finally:  # sent, queued or refused (and released): nothing left to free at start
-            self._forget_reserved(tx)
+        self.ld.dev_crash("multifund_stored")
+        await self._broadcast_funding(tx)
         result: dict[str, Any] = {
             "tx": tx.serialize().hex(),
             "txid": display_txid(txid),
@@ -716,6 +715,24 @@ class OpeningControl:
             else:
                 started.append(StartedOpen(*result, amount))
         return started
+
+    async def _complete_all(
+        self, started: list[StartedOpen], txid: bytes, outnums: list[int]
+    ) -> list[wire.OpeningdFunderReply]:
+        """fundchannel_complete with every peer; the first failure is raised, but only
+        once every open has ended, so that no channel is stored after the caller's cleanup
+        (openingd's own timeout bounds the wait)."""
+        results = await asyncio.gather(
+            *(
+                self._complete(start.pending, txid, outnum)
+                for start, outnum in zip(started, outnums, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results  # type: ignore[return-value]
 
     async def _complete(
         self, pending: PendingOpen, txid: bytes, outnum: int

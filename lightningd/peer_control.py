@@ -239,6 +239,8 @@ class PeerControl:
         elif isinstance(event, PeerError):
             kind = "warning" if event.is_warning else "error"
             self.ld.log.info(SOURCE, f"Peer sent {kind}: {event.text}", peer.node_id)
+            if not event.is_warning:
+                self.ld.channel_control.peer_error(peer.node_id, event.channel_id)
         elif isinstance(event, Deliver):
             await self._unexpected_channel_message(peer, event)
 

@@ -237,6 +237,37 @@ def test_lightningd_killed_full_matrix(node_factory, bitcoind, monkeypatch, case
     run_hook_case(node_factory, bitcoind, monkeypatch, case)
 
 
+def test_opener_killed_in_multifundchannel_before_the_tx_is_recorded(
+    node_factory, bitcoind, monkeypatch
+):
+    """multifundchannel stores its channels before it records (and sends) their funding tx:
+    killed in between, the opener forgets them at the next start and its wallet gets the
+    inputs back; each accepter keeps a channel with nothing of its own in it (FUNDEE_ONLY)."""
+    l1, _ = funded_node(node_factory, bitcoind)
+    accepters = node_factory.get_nodes(2, *FAST)
+    before = wallet_msat(l1)
+    l1.stop()
+    monkeypatch.setenv(DEV_CRASH_ENV, "multifund_stored")
+    l1.start()
+    monkeypatch.delenv(DEV_CRASH_ENV)
+    for peer in accepters:
+        l1.rpc.connect(peer.uri())
+    opening = Background(
+        l1.rpc.multifundchannel, [{"id": peer.id, "amount": AMOUNT} for peer in accepters]
+    )
+    l1.wait_for_log(f"{DEV_CRASH_ENV}=multifund_stored: killing ourselves")
+    wait_killed(l1)
+    with pytest.raises((OSError, ValueError)):
+        opening.result()
+    l1.start()
+    assert len(re.findall("Forgetting channel .* was never recorded", l1.logs())) == 2
+    bitcoind.generate(6, ELSEWHERE)  # whatever was going to confirm would now
+    assert_untouched(l1, before)
+    for peer in accepters:
+        (chan,) = peer.rpc.listpeerchannels()["channels"]
+        assert (chan["state"], chan["to_us_msat"]) == ("CHANNELD_AWAITING_LOCKIN", 0)
+
+
 # -- openingd or hsmd killed while the scripted peer holds the open ---------------------------
 
 

@@ -327,3 +327,44 @@ def test_non_durable_transaction_commits_and_restores_full_sync(path: str) -> No
         assert db.get_var("x") == 1
     with Database.open(path, REGTEST) as db:  # a crash of ours does not lose it
         assert db.get_var("x") == 1
+
+
+def _legacy_points(*outpoints: tuple[bytes, int]) -> bytes:
+    """The blobval of a version-1 `funding_reserved_<txid>` vars row."""
+    return b"".join(txid + outnum.to_bytes(4, "big") for txid, outnum in outpoints)
+
+
+def test_migration_2_releases_legacy_funding_reservations(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version-1 vars rows named the inputs of funding txs not yet broadcast: upgrading does
+    once what the start after that crash did (free them unless the tx was recorded) and
+    drops the rows; reservations the rows do not name are left alone."""
+    monkeypatch.setattr(db_schema, "MIGRATIONS", db_schema.MIGRATIONS[:1])
+    unsent, recorded = b"\x01" * 32, b"\x02" * 32
+    coin = [bytes([0x10 + i]) * 32 for i in range(4)]
+    with Database.open(path, REGTEST) as db, db.transaction():
+        for txid in coin:
+            for outnum in (0, 1):
+                db.execute(
+                    "INSERT INTO outputs (prev_out_tx, prev_out_index, value, type, status,"
+                    " reserved_til) VALUES (?, ?, 1000, 6, 1, 500)",
+                    (txid, outnum),
+                )
+        db.execute("INSERT INTO transactions (id, rawtx) VALUES (?, x'00')", (recorded,))
+        db.set_var("funding_reserved_" + unsent.hex(), _legacy_points((coin[0], 1), (coin[1], 0)))
+        db.set_var("funding_reserved_" + recorded.hex(), _legacy_points((coin[2], 0)))
+        db.set_var("funding_reservedX" + unsent.hex(), _legacy_points((coin[3], 0)))  # not ours
+    monkeypatch.undo()
+    with Database.open(path, REGTEST) as db:
+        rows = db.query(
+            "SELECT prev_out_tx, prev_out_index, status, reserved_til, reserved_for_txid"
+            " FROM outputs WHERE status = 0"
+        )
+        assert sorted((bytes(r[0]), r[1], r[3], r[4]) for r in rows) == [
+            (coin[0], 1, None, None),
+            (coin[1], 0, None, None),
+        ]
+        assert db.query_one("SELECT count(*) FROM outputs WHERE status = 1")[0] == 6
+        names = [r[0] for r in db.query("SELECT name FROM vars WHERE name LIKE 'funding%'")]
+        assert names == ["funding_reservedX" + unsent.hex()]

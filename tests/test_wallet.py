@@ -419,6 +419,72 @@ def test_reserveinputs_and_unreserveinputs(tmp_path):
     run(main())
 
 
+def reserved_by_outnum(outputs: list[dict]) -> dict[int, bool]:
+    return {o["output"]: o["reserved"] for o in outputs}
+
+
+def psbt_spending(tx, *outnums: int) -> PartiallySignedTransaction:
+    spend = CMutableTransaction(
+        [CMutableTxIn(COutPoint(tx.GetTxid(), n)) for n in outnums],
+        [CMutableTxOut(1000, THEIR_SCRIPT)],
+    )
+    return PartiallySignedTransaction(unsigned_tx=CTransaction.from_tx(spend))
+
+
+def test_start_releases_the_inputs_of_a_tx_never_recorded(tmp_path):
+    async def main():
+        node = await Node(tmp_path).start()
+        await node.fund(BTC, BTC // 2)  # outnums 0 and 1; the largest is chosen first
+        unsent = node.wallet.prepare([(THEIR_SCRIPT, AmountSat(10_000))], 1000)
+        recorded = node.wallet.prepare([(THEIR_SCRIPT, AmountSat(10_000))], 1000)
+        assert node.wallet.get_utxo(*unsent.inputs[0].outpoint).reserved_for == unsent.txid
+        # As save_channel stores fundchannel's tx with its channel (broadcast() does too).
+        node.db.execute(
+            "INSERT INTO transactions (id, rawtx) VALUES (?, ?)",
+            (recorded.txid, recorded.tx.serialize()),
+        )
+        assert node.wallet.unsent_txids() == {unsent.txid}
+        assert node.wallet.release_unsent() == {unsent.txid}  # what the next start does
+        assert reserved_by_outnum(await node.listfunds()) == {0: False, 1: True}
+        assert node.wallet.get_utxo(*unsent.inputs[0].outpoint).reserved_for is None
+        assert node.wallet.release_unsent() == set()
+        await node.stop()
+
+    run(main())
+
+
+def test_reserveinputs_reservations_survive_the_start(tmp_path):
+    async def main():
+        node = await Node(tmp_path).start()
+        tx = await node.fund(BTC, BTC // 2, BTC // 4)
+        taken = node.wallet.prepare([(THEIR_SCRIPT, AmountSat(10_000))], 1000)
+        assert taken.inputs[0].outnum == 0
+        await node.wallet.json_reserveinputs(psbt_spending(tx, 1), True, 72)
+        # Reserving an unsent tx's input makes it the user's: it no longer goes with the tx.
+        await node.wallet.json_reserveinputs(psbt_spending(tx, 0), False, 72)
+        unsent = node.wallet.prepare([(THEIR_SCRIPT, AmountSat(10_000))], 1000)
+        assert unsent.inputs[0].outnum == 2
+        assert node.wallet.release_unsent() == {unsent.txid}
+        assert reserved_by_outnum(await node.listfunds()) == {0: True, 1: True, 2: False}
+        await node.stop()
+
+    run(main())
+
+
+def test_unreserveinputs_leaves_a_shortened_reservation_with_its_tx(tmp_path):
+    async def main():
+        node = await Node(tmp_path).start()
+        tx = await node.fund(BTC)
+        unsent = node.wallet.prepare([(THEIR_SCRIPT, AmountSat(10_000))], 1000)
+        got = await node.wallet.json_unreserveinputs(psbt_spending(tx, 0), 10)
+        assert got["reservations"][0]["reserved"] is True
+        assert node.wallet.release_unsent() == {unsent.txid}
+        assert reserved_by_outnum(await node.listfunds()) == {0: False}
+        await node.stop()
+
+    run(main())
+
+
 def test_plan_spend_drops_dust_change_to_fees():
     utxo = Utxo(b"\x01" * 32, 0, 100_000, 1, THEIR_SCRIPT, 0, 1, None, None)
     weight = tx_core_weight(1, 1) + 272 + 124
