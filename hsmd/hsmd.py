@@ -23,7 +23,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bitcointx.core import CMutableTransaction, CTransaction, CTxInWitness, CTxWitness
+from bitcointx.core import (
+    CMutableTransaction,
+    COutPoint,
+    CTransaction,
+    CTxIn,
+    CTxInWitness,
+    CTxOut,
+    CTxWitness,
+)
 from bitcointx.core.script import CScript, CScriptWitness
 from bitcointx.wallet import CBitcoinExtPubKey
 from coincurve import PrivateKey
@@ -464,6 +472,29 @@ def _parse_tx(raw: bytes) -> CTransaction:
         return CTransaction.deserialize(raw)
     except Exception as exc:  # bitcointx raises several types for bad bytes
         raise BadRequest(f"unparsable transaction: {exc}") from None
+
+
+# ---------------------------------------------------------------------------
+# warm-up (in the zygote)
+
+# A public, throwaway secret: the warm-up below must never see hsm_secret.
+WARM_UP_SECRET = b"\x01" * 32
+
+
+def warm_up() -> None:
+    """Run the signing paths once, in the zygote before it forks (lightningd/zygote.py):
+    what they build on first use (bitcointx's secp256k1 context, its dispatch caches) is
+    then shared by every hsmd instead of built, and copied, in each."""
+    deriver = SecretDeriver(WARM_UP_SECRET)
+    chan = deriver.channel_secrets(deriver.node_id(), 1)
+    chan.per_commitment_point(0)
+    key = deriver.wallet_key(0, "bcrt")
+    deriver.bip32_root().derive_path("m/84'/1'/0'").neuter()
+    tx = CTransaction([CTxIn(COutPoint(bytes(32), 0))], [CTxOut(1000, p2wpkh(key.pubkey))])
+    wscript = funding_script(chan.funding_pubkey, key.pubkey)
+    der = sign_segwit_input(chan.funding_privkey, _parse_tx(tx.serialize()), 0, wscript, 1000)
+    der_to_compact(der)
+    wire.decode(wire.HsmdSignTxReply(sig=der_to_compact(der)).encode())
 
 
 # ---------------------------------------------------------------------------

@@ -258,7 +258,9 @@ def _preload() -> None:
     import importlib
 
     for name in PRELOAD:
-        importlib.import_module(name)
+        module = importlib.import_module(name)
+        if (warm_up := getattr(module, "warm_up", None)) is not None:
+            warm_up()  # first-use work done once here, shared by every child
         with contextlib.suppress(Exception):
             if name not in _MAIN_BLOCKS and (block := _main_block(name)) is not None:
                 _MAIN_BLOCKS[name] = block

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import NoReturn, TypeVar
 
+from coincurve import PrivateKey
+
 from common import channel_type as ctype
 from common import subdaemon
 from common.amount import AmountMsat, AmountSat
@@ -38,6 +40,7 @@ from common.commit_tx import (
     InitialCommitmentError,
     build_initial_commitment_tx,
     commitment_number_obscurer,
+    sign_commitment_tx,
     verify_commitment_sig,
 )
 from common.cryptomsg import STATE_LEN, CryptoState, DecryptError
@@ -59,7 +62,7 @@ from common.read_peer_msg import (
     make_error,
     ping_limiter,
 )
-from common.signature import SignatureError, compact_to_der
+from common.signature import SignatureError, compact_to_der, der_to_compact
 from common.status import FailReason, FatalError
 from hsmd import hsmd_wiregen as hsm_wire
 from openingd import bounds
@@ -224,6 +227,7 @@ class Openingd:
         self.minimum_depth = 0
         self.funding_txid = bytes(32)
         self.funding_outnum = 0
+        self.second_point: bytes | None = None
 
     # --- hsmd -------------------------------------------------------------------------
 
@@ -253,6 +257,12 @@ class Openingd:
             hsm_wire.HsmdGetPerCommitmentPoint(n=n), hsm_wire.HsmdGetPerCommitmentPointReply
         )
         return reply.per_commitment_point
+
+    def prefetch_second_point(self) -> bytes:
+        """Point 1, for channel_ready: asked for while the peer has the move, not after."""
+        if self.second_point is None:
+            self.second_point = self.per_commitment_point(1)
+        return self.second_point
 
     def hsm_sign_theirs(self, commitment: CommitmentTx) -> bytes:
         assert self.their is not None
@@ -455,10 +465,9 @@ class Openingd:
             whose = "our" if ours else "their"
             raise self.error(f"Could not meet {whose} fees and reserve: {exc}") from None
 
-    def check_their_sig(self, sig: bytes) -> None:
-        """Their signature on our first commitment, or fail with the tx in hex."""
+    def check_their_sig(self, sig: bytes, ours: CommitmentTx) -> None:
+        """Their signature on our first commitment `ours`, or fail with the tx in hex."""
         assert self.their is not None
-        ours = self.commitment(ours=True)
         try:
             ok = verify_commitment_sig(ours, self.their.funding_pubkey, compact_to_der(sig))
         except SignatureError:
@@ -495,7 +504,7 @@ class Openingd:
             # "`second_per_commitment_point` [is] the per-commitment point to be used for
             # commitment transaction #1").
             our_first_per_commitment_point=self.our.first_point,
-            our_second_per_commitment_point=self.per_commitment_point(1),
+            our_second_per_commitment_point=self.prefetch_second_point(),
             their_commit_sig=their_sig,
             our_upfront_shutdown_script=self.our.shutdown,
             their_upfront_shutdown_script=self.their.shutdown,
@@ -671,6 +680,9 @@ class Openingd:
         # before (and including) the `funding_created` message"; from now on, channel_id.
         self.cid = derive_channel_id(self.funding_txid, self.funding_outnum)
         self.status.billboard("Funding channel: create first tx, now waiting for their signature")
+        # What their signature is checked on, built while they sign.
+        ours = self.commitment(ours=True)
+        self.prefetch_second_point()
         signed = self.wait("funding_signed", peer=(peer_wire.FundingSigned,))
         assert isinstance(signed, peer_wire.FundingSigned)
         # BOLT #2: "The sender MUST set: `channel_id` by exclusive-OR of the
@@ -680,7 +692,7 @@ class Openingd:
                 f"funding_signed ids don't match: expected {self.cid.hex()}"
                 f" got {signed.channel_id.hex()}"
             )
-        self.check_their_sig(signed.signature)
+        self.check_their_sig(signed.signature, ours)
         return signed.signature
 
     def cancel(self) -> NoReturn:
@@ -787,6 +799,7 @@ class Openingd:
         self.status.billboard(
             "Incoming channel: accepted, now waiting for them to create funding tx"
         )
+        self.prefetch_second_point()
 
     def sign_funding(self, created: peer_wire.FundingCreated) -> wire.OpeningdFundee:
         # BOLT #2: "`temporary_channel_id` the same as the `temporary_channel_id` in
@@ -801,7 +814,7 @@ class Openingd:
         # BOLT #2 (recipient): "if `signature` is incorrect OR non-compliant with
         # LOW-S-standard rule: MUST send a `warning` and close the connection, or send
         # an `error` and fail the channel."
-        self.check_their_sig(created.signature)
+        self.check_their_sig(created.signature, self.commitment(ours=True))
         our_sig = self.hsm_sign_theirs(self.commitment(ours=False))
         # BOLT #2: funding_signed's `channel_id` is the exclusive-OR of `funding_txid`
         # and `funding_output_index`.
@@ -875,6 +888,48 @@ class Openingd:
                     if not self.peer.sock.recv(65536):
                         break
         self.peer.close()
+
+
+# A public, throwaway key for the warm-up: no channel's.
+WARM_UP_KEY = b"\x01" * 32
+
+
+def warm_up() -> None:
+    """Build, sign and check one first commitment, and seal one message, in the zygote
+    before it forks (lightningd/zygote.py): what these build on first use (bitcointx's
+    dispatch caches, the AEAD) is then shared by every openingd instead of made in each."""
+    point = PrivateKey(WARM_UP_KEY).public_key.format()
+    commitment = build_initial_commitment_tx(
+        funding_txid=bytes(32),
+        funding_outnum=0,
+        funding_sat=100_000,
+        keys=CommitmentKeys(
+            local_funding_pubkey=point,
+            remote_funding_pubkey=point,
+            revocation_pubkey=derive_revocation_pubkey(point, point),
+            local_delayed_pubkey=derive_simple_pubkey(point, point),
+            remote_pubkey=point,
+            local_htlc_pubkey=point,
+            remote_htlc_pubkey=point,
+        ),
+        to_self_delay=144,
+        dust_limit_sat=546,
+        feerate_per_kw=253,
+        to_local_msat=100_000_000,
+        to_remote_msat=0,
+        obscurer=commitment_number_obscurer(point, point),
+        local_is_opener=True,
+        local_reserve_sat=1000,
+        remote_reserve_sat=1000,
+        channel_type=ctype.commit_format(ctype.encode(ctype.STATIC_REMOTEKEY)),
+    )
+    sig = sign_commitment_tx(commitment, WARM_UP_KEY)
+    verify_commitment_sig(commitment, point, sig)
+    signed = peer_wire.FundingSigned(channel_id=bytes(32), signature=der_to_compact(sig))
+    state = CryptoState(
+        sk=WARM_UP_KEY, rk=WARM_UP_KEY, sn=0, rn=0, sck=WARM_UP_KEY, rck=WARM_UP_KEY
+    )
+    peer_wire.decode(state.decrypt_message(state.encrypt_message(signed.encode())))
 
 
 def read_init(sub: subdaemon.Subdaemon) -> wire.OpeningdInit:
