@@ -182,6 +182,7 @@ class SecretDeriver:
         self._dev = dev_overrides or DevOverrides()
         self._node_privkey: bytes | None = None
         self._bip32_root: CExtKey | None = None
+        self._bip84_accounts: dict[int, CExtKey] = {}
 
     def __repr__(self) -> str:
         return f"SecretDeriver(node_id={self.node_id().hex()}, {self._dev!r})"
@@ -216,7 +217,15 @@ class SecretDeriver:
 
     def wallet_key(self, index: int, hrp: str, change: bool = False) -> WalletKey:
         """BIP84 key m/84'/coin'/0'/change/index; coin is 0 for "bc", 1 for test networks."""
-        return bip84_key(self.bip32_root(), coin_type_for_hrp(hrp), index, change)
+        return bip84_key_in(self.wallet_account(hrp), coin_type_for_hrp(hrp), index, change)
+
+    def wallet_account(self, hrp: str) -> CExtKey:
+        """The BIP84 account key m/84'/coin'/0' (three hardened steps: derived once)."""
+        coin_type = coin_type_for_hrp(hrp)
+        account = self._bip84_accounts.get(coin_type)
+        if account is None:
+            account = self._bip84_accounts[coin_type] = bip84_account(self.bip32_root(), coin_type)
+        return account
 
     def wallet_address(self, index: int, hrp: str, change: bool = False) -> str:
         return self.wallet_key(index, hrp, change).address(hrp)
@@ -267,14 +276,22 @@ def bip32_root_from_seed(seed: bytes) -> CExtKey:
 
 def bip84_key(root: CExtKey, coin_type: int, index: int, change: bool = False) -> WalletKey:
     """m/84'/coin_type'/0'/change/index from the master key."""
-    if not 0 <= index < HARDENED:
-        raise ValueError(f"address index must be 0..2^31-1, got {index}")
+    return bip84_key_in(bip84_account(root, coin_type), coin_type, index, change)
+
+
+def bip84_account(root: CExtKey, coin_type: int) -> CExtKey:
+    """The account key m/84'/coin_type'/0'."""
     if not 0 <= coin_type < HARDENED:
         raise ValueError(f"coin type must be 0..2^31-1, got {coin_type}")
+    return root.derive(BIP84_PURPOSE | HARDENED).derive(coin_type | HARDENED).derive(HARDENED)
+
+
+def bip84_key_in(account: CExtKey, coin_type: int, index: int, change: bool) -> WalletKey:
+    """m/84'/coin_type'/0'/change/index from its account key (bip84_account)."""
+    if not 0 <= index < HARDENED:
+        raise ValueError(f"address index must be 0..2^31-1, got {index}")
+    key = account.derive(int(change)).derive(index)
     path = f"m/{BIP84_PURPOSE}'/{coin_type}'/0'/{int(change)}/{index}"
-    key = root
-    for step in (BIP84_PURPOSE | HARDENED, coin_type | HARDENED, HARDENED, int(change), index):
-        key = key.derive(step)
     return WalletKey(path=path, privkey=bytes(key.priv.secret_bytes), pubkey=bytes(key.pub))
 
 

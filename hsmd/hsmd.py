@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bitcointx.core import (
-    CMutableTransaction,
     COutPoint,
     CTransaction,
     CTxIn,
@@ -54,7 +53,6 @@ from hsmd.capabilities import MASTER_CAPABILITIES, Capability
 from hsmd.derive import (
     DevOverrides,
     SecretDeriver,
-    coin_type_for_hrp,
     parse_dev_force_bip32_seed,
     parse_dev_force_channel_secrets,
     parse_dev_force_privkey,
@@ -279,8 +277,7 @@ class Hsmd:
         self.secrets = SecretDeriver(secret, self.dev)
         self.hrp = chain.bech32_hrp
         self.chain_hash = req.chain_hash
-        coin_type = coin_type_for_hrp(self.hrp)
-        account = self.secrets.bip32_root().derive_path(f"m/84'/{coin_type}'/0'")
+        account = self.secrets.wallet_account(self.hrp)
         return wire.HsmdInitReply(
             node_id=self.secrets.node_id(),
             bip32_account_xpub=str(CBitcoinExtPubKey.from_bytes(account.neuter())),
@@ -377,7 +374,7 @@ class Hsmd:
 
     async def handle_sign_withdrawal(self, client: Client, req: wire.HsmdSignWithdrawal) -> bytes:
         client.require(Capability.SIGN_ONCHAIN_TX)
-        tx = CMutableTransaction.from_tx(_parse_tx(req.tx))
+        tx = _parse_tx(req.tx)
         utxos = {(u.txid, u.outnum): u for u in req.utxos}
         if len(utxos) != len(req.utxos) or len(utxos) != len(tx.vin):
             raise BadRequest("need exactly one distinct wallet utxo per input")
@@ -391,8 +388,9 @@ class Hsmd:
             script_code = CScript(b"\x76\xa9\x14" + p2wpkh(key.pubkey)[2:] + b"\x88\xac")
             der = sign_segwit_input(key.privkey, tx, i, script_code, utxo.amount.sat)
             witnesses.append(CTxInWitness(CScriptWitness([script_sig(der), key.pubkey])))
-        tx.wit = CTxWitness(witnesses)
-        return wire.HsmdSignWithdrawalReply(tx=tx.serialize()).encode()
+        # A new tx with the witnesses: cheaper than a mutable copy (bitcointx's from_tx).
+        signed = CTransaction(tx.vin, tx.vout, tx.nLockTime, tx.nVersion, CTxWitness(witnesses))
+        return wire.HsmdSignWithdrawalReply(tx=signed.serialize()).encode()
 
     # -- gossip --------------------------------------------------------------------------
 
@@ -489,7 +487,7 @@ def warm_up() -> None:
     chan = deriver.channel_secrets(deriver.node_id(), 1)
     chan.per_commitment_point(0)
     key = deriver.wallet_key(0, "bcrt")
-    deriver.bip32_root().derive_path("m/84'/1'/0'").neuter()
+    deriver.wallet_account("bcrt").neuter()
     tx = CTransaction([CTxIn(COutPoint(bytes(32), 0))], [CTxOut(1000, p2wpkh(key.pubkey))])
     wscript = funding_script(chan.funding_pubkey, key.pubkey)
     der = sign_segwit_input(chan.funding_privkey, _parse_tx(tx.serialize()), 0, wscript, 1000)

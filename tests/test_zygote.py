@@ -332,3 +332,18 @@ def test_node_processes_are_forked_and_titled(node_factory):
     kids = Path(f"/proc/{l1.proc.pid}/task/{l1.proc.pid}/children").read_text().split()
     titles = {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in kids}
     assert {b"lightning_zygote", b"lightning_hsmd", b"lightning_gossipd"} <= titles
+
+
+def test_warm_ups_leave_nothing_open():
+    """The zygote runs these before forking: an fd or thread they left would be in every
+    subdaemon (and a fork with a live thread is unsafe)."""
+    import threading
+
+    from hsmd import hsmd
+    from openingd import openingd
+
+    fds, threads = sorted(os.listdir("/proc/self/fd")), threading.active_count()
+    hsmd.warm_up()
+    openingd.warm_up()
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert threading.active_count() == threads
