@@ -233,14 +233,14 @@ class ChannelControl:
 
     def peer_error(self, peer_id: bytes, channel_id: bytes) -> None:
         """BOLT #1: on an `error` "for a known channel" (all-zero: every channel with the
-        sender) the receiver "MUST fail the channel". One opened to us whose funding tx we
-        never saw has nothing at stake: it is forgotten (the opener's multifundchannel or
-        fundchannel_cancel gave up on it). The others wait for a close this node cannot
-        make yet; the peer loop has logged the error."""
+        sender) the receiver "MUST fail the channel". One opened to us, with nothing pushed
+        to us and whose funding tx we never saw, has nothing of ours at stake: it is
+        forgotten (the opener gave up on it, or lost it in a crash). The others wait: the
+        2016-block rule, or a close this node cannot make yet; the peer loop logged it."""
         for channel in [c for c in self.ld.channels if c.peer_id == peer_id]:
             if channel_id not in (ALL_CHANNELS, channel.opened.channel_id):
                 continue
-            if self._unfunded_inbound(channel):
+            if self._unfunded_inbound(channel) and not channel.opened.push.msat:
                 self._log(channel).unusual("Forgetting channel: the peer failed it, unfunded")
                 self.forget(channel)
 
