@@ -74,26 +74,25 @@ def parse_host_port(text: str, default_port: int) -> NetAddress:
     return NetAddress(host, int(port))
 
 
-class RateLimited:
-    """Says whether a recurring condition is due to be logged again, and how many times
-    it happened unlogged since."""
+class RateLimitedLog:
+    """An unusual log line for a recurring condition: written at most once an interval,
+    saying how many times it happened unlogged since."""
 
-    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+    def __init__(self, ld: LightningD, interval: float = LOG_INTERVAL) -> None:
+        self.ld = ld
         self.interval = interval
         self.last: float | None = None
         self.unlogged = 0
 
-    def due(self) -> bool:
+    def unusual(self, text: str) -> None:
         now = time.monotonic()
         if self.last is not None and now - self.last < self.interval:
             self.unlogged += 1
-            return False
+            return
         self.last = now
-        return True
-
-    def take_unlogged(self) -> str:
-        count, self.unlogged = self.unlogged, 0
-        return f" ({count} more times since last logged)" if count else ""
+        more = f" ({self.unlogged} more times since last logged)" if self.unlogged else ""
+        self.unlogged = 0
+        self.ld.log.unusual(SOURCE, text + more)
 
 
 class ConnectControl:
@@ -105,8 +104,8 @@ class ConnectControl:
         # Incoming connections still in handshake or init (see MAX_HANDSHAKES_IN_FLIGHT).
         self.pending: set[asyncio.Task[None]] = set()
         self.slot_freed = asyncio.Event()
-        self.full_log = RateLimited()
-        self.accept_error_log = RateLimited()
+        self.full_log = RateLimitedLog(ld)
+        self.accept_error_log = RateLimitedLog(ld)
 
     @property
     def peer_timeout(self) -> float:
@@ -155,12 +154,10 @@ class ConnectControl:
         """Return once fewer than MAX_HANDSHAKES_IN_FLIGHT incoming handshakes are running."""
         if len(self.pending) < MAX_HANDSHAKES_IN_FLIGHT:
             return
-        if self.full_log.due():
-            self.ld.log.unusual(
-                SOURCE,
-                f"{MAX_HANDSHAKES_IN_FLIGHT} handshakes in progress: not accepting connections"
-                f" until one ends{self.full_log.take_unlogged()}",
-            )
+        self.full_log.unusual(
+            f"{MAX_HANDSHAKES_IN_FLIGHT} handshakes in progress: not accepting connections"
+            " until one ends"
+        )
         while len(self.pending) >= MAX_HANDSHAKES_IN_FLIGHT:
             self.slot_freed.clear()
             await self.slot_freed.wait()
@@ -171,12 +168,10 @@ class ConnectControl:
             return
         # Out of descriptors (EMFILE/ENFILE) or memory, or something unexpected: the
         # listening socket stays readable, so retrying at once would spin and log forever.
-        if self.accept_error_log.due():
-            self.ld.log.unusual(
-                SOURCE,
-                f"accept failed: {exc.strerror}: retrying when a handshake ends or in"
-                f" {ACCEPT_BACKOFF:g}s{self.accept_error_log.take_unlogged()}",
-            )
+        self.accept_error_log.unusual(
+            f"accept failed: {exc.strerror}: retrying when a handshake ends or in"
+            f" {ACCEPT_BACKOFF:g}s"
+        )
         self.slot_freed.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ACCEPT_BACKOFF):

@@ -85,6 +85,8 @@ P2WPKH_INPUT_WEIGHT = 272  # 41 bytes x4 + witness (1 + 1+72 signature + 1+33 ke
 P2WPKH_SCRIPT_LEN = 22
 # outputs.status, as CLN's output_status.
 AVAILABLE, RESERVED, SPENT = 0, 1, 2
+# Makes outputs AVAILABLE again (status bound first); callers add which ones.
+UNRESERVE = "UPDATE outputs SET status = ?, reserved_til = NULL, reserved_for_txid = NULL"
 # outputs.type: CLN's wallet_output_type for a plain BIP32 P2WPKH output.
 OUTPUT_TYPE_P2WPKH = 6
 _BASE58_VERSIONS = {True: (0x6F, 0xC4), False: (0x00, 0x05)}  # testnet? -> (p2pkh, p2sh)
@@ -583,8 +585,7 @@ class Wallet:
         with self.db.transaction(durable=False):  # a lost release only lapses in 72 blocks
             for txid, outnum in points:
                 self.db.execute(
-                    "UPDATE outputs SET status = ?, reserved_til = NULL, reserved_for_txid = NULL"
-                    " WHERE prev_out_tx = ? AND prev_out_index = ? AND status = ?",
+                    UNRESERVE + " WHERE prev_out_tx = ? AND prev_out_index = ? AND status = ?",
                     (AVAILABLE, txid, outnum, RESERVED),
                 )
 
@@ -606,8 +607,7 @@ class Wallet:
         with self.db.transaction(durable=False):  # lost with the power: redone next start
             for txid in unsent:
                 self.db.execute(
-                    "UPDATE outputs SET status = ?, reserved_til = NULL, reserved_for_txid = NULL"
-                    " WHERE status = ? AND reserved_for_txid = ?",
+                    UNRESERVE + " WHERE status = ? AND reserved_for_txid = ?",
                     (AVAILABLE, RESERVED, txid),
                 )
         for txid in unsent:

@@ -332,6 +332,22 @@ def test_bad_frame_disconnects_only_that_peer(node_factory, how):
 # --- floods --------------------------------------------------------------------------------
 
 
+def flood_pings(peer, count: int) -> list:
+    """Send `count` pings at once and read until the node hangs up: its last message must be
+    the ping-flood warning, all before it pongs. Returns the pongs."""
+    for _ in range(count):
+        peer.send(wire.Ping(num_pong_bytes=1, ignored=b"").encode())
+    answers = []
+    with pytest.raises((EOFError, ConnectionError)):
+        while True:
+            answers.append(peer.recv_skipping_pings())
+    warning = answers.pop()
+    assert isinstance(warning, wire.Warning), warning
+    assert (warning.channel_id, warning.data.decode()) == (bytes(32), PING_FLOOD)
+    assert all(isinstance(a, wire.Pong) for a in answers)
+    return answers
+
+
 def test_ping_flood_closes_the_connection(node_factory):
     """BOLT #1: "Limited precautions are recommended against `ping` flooding". A burst of
     PING_BURST pings is answered; a flood beyond it gets a warning and a hang-up."""
@@ -343,17 +359,8 @@ def test_ping_flood_closes_the_connection(node_factory):
     pongs = [peer.recv_skipping_pings() for _ in range(PING_BURST)]
     assert all(isinstance(p, wire.Pong) for p in pongs)
     flood = 5 * PING_BURST
-    for _ in range(flood):
-        peer.send(wire.Ping(num_pong_bytes=1, ignored=b"").encode())
-    answers = []
-    with pytest.raises((EOFError, ConnectionError)):
-        while True:
-            answers.append(peer.recv_skipping_pings())
-    warning = answers.pop()
-    assert isinstance(warning, wire.Warning), warning
-    assert (warning.channel_id, warning.data.decode()) == (bytes(32), PING_FLOOD)
-    assert all(isinstance(a, wire.Pong) for a in answers)
-    assert len(answers) < flood  # a refill of one a second, not the flood
+    pongs = flood_pings(peer, flood)
+    assert len(pongs) < flood  # a refill of one a second, not the flood
     l1.wait_for_log(f"Peer disconnected: {PING_FLOOD}")
     assert peer_ids(l1) == {bystander.node_id.hex()}
     assert_alive(l1, bystander)
@@ -367,17 +374,8 @@ def test_ping_flood_during_open_closes_the_connection(node_factory):
     bystander = connected(l1, b"\x3d" * 32)
     peer = stalled_open(l1, b"pinger")  # openingd now holds the connection
     flood = 6 * PING_BURST
-    for _ in range(flood):
-        peer.send(wire.Ping(num_pong_bytes=1, ignored=b"").encode())
-    answers = []
-    with pytest.raises((EOFError, ConnectionError)):
-        while True:
-            answers.append(peer.recv_skipping_pings())
-    warning = answers.pop()
-    assert isinstance(warning, wire.Warning), warning
-    assert (warning.channel_id, warning.data.decode()) == (bytes(32), PING_FLOOD)
-    assert all(isinstance(a, wire.Pong) for a in answers)
-    assert PING_BURST <= len(answers) < flood
+    pongs = flood_pings(peer, flood)
+    assert PING_BURST <= len(pongs) < flood
     peer.close()
     l1.wait_for_log(f"Open failed: {PING_FLOOD}")
     wait_for(lambda: channel_states(l1) == [], what="the open to be dropped")
