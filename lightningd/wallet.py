@@ -193,6 +193,7 @@ class Utxo:
     spend_height: int | None
     reserved_til: int | None
     reserved_for: bytes | None = None  # txid of the unsent tx of ours they were reserved for
+    is_in_coinbase: bool = False
 
     @classmethod
     def from_row(cls, row: Any) -> Utxo:
@@ -207,6 +208,7 @@ class Utxo:
             row["spend_height"],
             row["reserved_til"],
             None if row["reserved_for_txid"] is None else bytes(row["reserved_for_txid"]),
+            bool(row["is_in_coinbase"]),
         )
 
     @property
@@ -397,13 +399,14 @@ class Wallet:
         """Record `tx`'s effect on our outputs (unconfirmed if height is None)."""
         txid = tx.GetTxid()
         ours = False
-        if not tx.is_coinbase():
+        coinbase = tx.is_coinbase()
+        if not coinbase:
             for vin in tx.vin:
                 ours |= self._mark_spent(vin.prevout.hash, vin.prevout.n, height)
         for n, out in enumerate(tx.vout):
             keyindex = self.scripts.get(bytes(out.scriptPubKey))
             if keyindex is not None:
-                self._add_output(txid, n, out, keyindex, height)
+                self._add_output(txid, n, out, keyindex, height, coinbase)
                 ours = True
         if ours:
             self.db.execute(
@@ -425,11 +428,18 @@ class Wallet:
         return cur.rowcount > 0
 
     def _add_output(
-        self, txid: bytes, n: int, out: CTxOut, keyindex: int, height: int | None
+        self,
+        txid: bytes,
+        n: int,
+        out: CTxOut,
+        keyindex: int,
+        height: int | None,
+        coinbase: bool,
     ) -> None:
         self.db.execute(
             "INSERT INTO outputs (prev_out_tx, prev_out_index, value, type, status, keyindex,"
-            " scriptpubkey, confirmation_height) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " scriptpubkey, confirmation_height, is_in_coinbase)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (prev_out_tx, prev_out_index) DO UPDATE SET"
             " confirmation_height = COALESCE(excluded.confirmation_height, confirmation_height)",
             (
@@ -441,6 +451,7 @@ class Wallet:
                 keyindex,
                 bytes(out.scriptPubKey),
                 height,
+                coinbase,
             ),
         )
         self._saw_keyindex(keyindex)
@@ -477,11 +488,7 @@ class Wallet:
         depth = 0 if conf is None else height - conf + 1
         if depth < minconf:
             return False
-        return depth >= COINBASE_MATURITY or not self._is_coinbase(utxo.txid)
-
-    def _is_coinbase(self, txid: bytes) -> bool:
-        row = self.db.query_one("SELECT rawtx FROM transactions WHERE id = ?", (txid,))
-        return row is not None and CTransaction.deserialize(bytes(row["rawtx"])).is_coinbase()
+        return depth >= COINBASE_MATURITY or not utxo.is_in_coinbase
 
     # -- spending ------------------------------------------------------------------------------
 

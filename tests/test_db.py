@@ -13,6 +13,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from bitcointx.core import (
+    CMutableTransaction,
+    CMutableTxIn,
+    CMutableTxInWitness,
+    CMutableTxOut,
+    CMutableTxWitness,
+    COutPoint,
+    CTransaction,
+)
+from bitcointx.core.script import CScript, CScriptWitness
 
 from common.chainparams import CHAINS
 from lightningd import db_schema
@@ -368,3 +378,47 @@ def test_migration_2_releases_legacy_funding_reservations(
         assert db.query_one("SELECT count(*) FROM outputs WHERE status = 1")[0] == 6
         names = [r[0] for r in db.query("SELECT name FROM vars WHERE name LIKE 'funding%'")]
         assert names == ["funding_reservedX" + unsent.hex()]
+
+
+def _tx(prevout: COutPoint, witness: bool) -> bytes:
+    """A one-input, one-output tx spending `prevout`, with or without a witness."""
+    tx = CMutableTransaction(
+        [CMutableTxIn(prevout, CScript(b"\x01\x02"))],
+        [CMutableTxOut(1000, CScript(b"\x00\x14" + bytes(20)))],
+    )
+    if witness:
+        tx.wit = CMutableTxWitness([CMutableTxInWitness(CScriptWitness([bytes(32)]))])
+    return tx.serialize()
+
+
+def test_migration_3_flags_coinbase_outputs(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outputs stored before is_in_coinbase existed are flagged from their recorded tx:
+    coinbases with and without a witness, and no other tx (nor an unrecorded one)."""
+    monkeypatch.setattr(db_schema, "MIGRATIONS", db_schema.MIGRATIONS[:2])
+    null, spent = COutPoint(), COutPoint(b"\x07" * 32, 0)
+    txs = {
+        b"\x01" * 32: _tx(null, witness=False),
+        b"\x02" * 32: _tx(null, witness=True),
+        b"\x03" * 32: _tx(spent, witness=False),
+        b"\x04" * 32: _tx(spent, witness=True),
+    }
+    assert [CTransaction.deserialize(raw).is_coinbase() for raw in txs.values()] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    unrecorded = b"\x05" * 32
+    with Database.open(path, REGTEST) as db, db.transaction():
+        for txid, raw in txs.items():
+            db.execute("INSERT INTO transactions (id, rawtx) VALUES (?, ?)", (txid, raw))
+        for txid in [*txs, unrecorded]:
+            db.execute(
+                "INSERT INTO outputs (prev_out_tx, prev_out_index, value, type, status)"
+                " VALUES (?, 0, 1000, 6, 0)",
+                (txid,),
+            )
+    monkeypatch.undo()
+    with Database.open(path, REGTEST) as db:
+        rows = db.query("SELECT prev_out_tx, is_in_coinbase FROM outputs ORDER BY prev_out_tx")
+        assert [(bytes(r[0])[0], r[1]) for r in rows] == [(1, 1), (2, 1), (3, 0), (4, 0), (5, 0)]
