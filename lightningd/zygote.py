@@ -11,18 +11,23 @@ The zygote says it is ready, then serves one request per subdaemon:
              attached per entry of "targets" (the number it must have in the child)
     reply:   JSON {"pid": n} or {"error": "..."}
 
-For each request it double-forks. The intermediate process exits at once, so the
-grandchild is reparented to lightningd, which marked itself a child subreaper
-(PR_SET_CHILD_SUBREAPER): lightningd reaps it with os.waitpid() like any child. The
-zygote replies only after it has reaped the intermediate (the reparenting is done by
-then) and has checked that lightningd is the new parent. The grandchild waits for the
-reparenting before running anything, so that the subdaemon's die_with_master()
-(PR_SET_PDEATHSIG) ties it to lightningd, not to the short-lived intermediate.
+Each subdaemon is forked before its request comes, as a spare: the zygote double-forks.
+The intermediate process exits at once, so the grandchild is reparented to lightningd,
+which marked itself a child subreaper (PR_SET_CHILD_SUBREAPER): lightningd reaps it with
+os.waitpid() like any child. The zygote keeps the spare only once it has reaped the
+intermediate (the reparenting is done by then) and has checked that lightningd is the
+new parent. The spare waits for the reparenting before running anything, so that the
+subdaemon's die_with_master() (PR_SET_PDEATHSIG) ties it to lightningd, not to the
+short-lived intermediate; then, keeping only stdio and its socket to the zygote, it
+waits for a request. A request is answered by sending it to the spare with its
+descriptors and replying with the spare's pid. The next spare is forked once no request
+has come for _SPARE_AFTER_IDLE: a start waits for a fork only in a burst, as every start
+did before spares (~3-4 ms). A spare exits when the zygote's end of its socket closes.
 
-The grandchild places its descriptors at their numbers, closes everything else it
-inherited (the zygote's socket, pipes), restores the signal dispositions a fresh
-interpreter has, and runs the module as `python -m module args` would (runpy). It
-never returns into the zygote's loop: every way out is an os._exit.
+Given its request, the spare places its descriptors at their numbers, closes everything
+else, restores the signal dispositions a fresh interpreter has, and runs the module as
+`python -m module args` would (runpy). It never returns into the zygote's loop: every
+way out is an os._exit.
 
 The zygote itself dies with lightningd (PR_SET_PDEATHSIG=SIGKILL, and EOF on its socket).
 
@@ -58,6 +63,9 @@ _PR_SET_CHILD_SUBREAPER = 36
 _STAGING_MIN_FD = 100
 _READY = b"ready"
 _REQUEST_TIMEOUT = 10.0
+# The next spare is forked once no request came for this long: not on the cores the
+# subdaemon just started needs, and in a burst each start forks its own as before.
+_SPARE_AFTER_IDLE = 0.1
 
 
 class ZygoteError(Exception):
@@ -117,15 +125,10 @@ def _close_all_but(keep: set[int]) -> None:
     os.closerange(lo, max(os.sysconf("SC_OPEN_MAX"), 1024))
 
 
-def _become_subdaemon(
-    req: dict, fds: list[int], intermediate: int, zygote_sock: socket.socket
-) -> None:
-    """In the grandchild: wait to be lightningd's, set up as a fresh process would be, run."""
+def _become_subdaemon(req: dict, fds: list[int]) -> None:
+    """In the spare, given its request: set up as a fresh process would be, and run."""
     code = 1
     try:
-        zygote_sock.detach()  # the number is closed below; the object must not close it later
-        while os.getppid() == intermediate:
-            time.sleep(0.0001)
         _place_fds(fds, req["targets"])
         setproctitle(process_title(req["module"], req["args"]))
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -177,11 +180,56 @@ def _become_subdaemon(
         os._exit(code)
 
 
-def _fork_subdaemon(req: dict, fds: list[int], master: int, zygote_sock: socket.socket) -> int:
-    if len(fds) != len(req["targets"]):
-        raise ValueError(f"{len(fds)} descriptors for {len(req['targets'])} targets")
+class _Spare:
+    """The next subdaemon, forked before its request: lightningd's child already, it waits
+    on its end of a socket pair for the request and its descriptors. Taking one costs a
+    send; the double fork, its teardown and the reparenting (~3-4 ms) happen in between."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.conn = DaemonConn(sock)
+
+    def take(self, msg: bytes, fds: list[int]) -> int:
+        """Hand the request over; returns the pid. DaemonConnError if the spare is gone."""
+        try:
+            self.conn.send(msg, fds)
+        finally:
+            self.conn.sock.close()
+        return self.pid
+
+
+def _fork_spare(master: int, zygote_sock: socket.socket) -> _Spare:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        pid = _double_fork(theirs, zygote_sock)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    # The intermediate is gone, so the grandchild has been reparented: to lightningd,
+    # if it is the subreaper it says it is. Otherwise the grandchild is nobody's to reap.
+    try:
+        parent = _parent_of(pid)
+    except OSError:
+        parent = None
+    if parent != master:
+        ours.close()
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        raise ZygoteError(f"pid {pid} was reparented to {parent}, not {master}")
+    return _Spare(pid, ours)
+
+
+def _double_fork(sock: socket.socket, zygote_sock: socket.socket) -> int:
+    """Fork the spare as a grandchild; returns its pid once its parent has been reaped."""
     r, w = os.pipe()
-    intermediate = os.fork()
+    try:
+        intermediate = os.fork()
+    except BaseException:
+        os.close(r)
+        os.close(w)
+        raise
     if intermediate == 0:
         try:
             os.close(r)
@@ -189,7 +237,7 @@ def _fork_subdaemon(req: dict, fds: list[int], master: int, zygote_sock: socket.
             pid = os.fork()
             if pid == 0:
                 os.close(w)
-                _become_subdaemon(req, fds, me, zygote_sock)
+                _wait_as_spare(sock, me, zygote_sock)
             os.write(w, pid.to_bytes(8, "big"))
         finally:
             os._exit(0)
@@ -203,18 +251,51 @@ def _fork_subdaemon(req: dict, fds: list[int], master: int, zygote_sock: socket.
         _, status = os.waitpid(intermediate, 0)
     if len(raw) != 8 or os.waitstatus_to_exitcode(status) != 0:
         raise ZygoteError("intermediate process failed")
-    pid = int.from_bytes(raw, "big")
-    # The intermediate is gone, so the grandchild has been reparented: to lightningd,
-    # if it is the subreaper it says it is. Otherwise the grandchild is nobody's to reap.
+    return int.from_bytes(raw, "big")
+
+
+def _wait_as_spare(sock: socket.socket, intermediate: int, zygote_sock: socket.socket) -> None:
+    """In the grandchild: keep only stdio and our socket, wait to be lightningd's, then
+    for the request (or the zygote's end: never needed), and become that subdaemon."""
+    code = 127
     try:
-        parent = _parent_of(pid)
-    except OSError:
-        parent = None
-    if parent != master:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-        raise ZygoteError(f"pid {pid} was reparented to {parent}, not {master}")
-    return pid
+        # Numbers closed below: these objects must not close them again later.
+        zygote_sock.detach()
+        _close_all_but({0, 1, 2, sock.fileno()})
+        while os.getppid() == intermediate:
+            time.sleep(0.0001)
+        setproctitle(process_title("lightningd.spare", []))
+        try:
+            msg, fds = DaemonConn(sock).recv_with_fds()
+        except DaemonConnError:
+            os._exit(0)
+        sock.detach()
+        _become_subdaemon(json.loads(msg), fds)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _check_request(msg: bytes, fds: list[int]) -> None:
+    req = json.loads(msg)
+    if len(fds) != len(req["targets"]):
+        raise ValueError(f"{len(fds)} descriptors for {len(req['targets'])} targets")
+
+
+def _start_subdaemon(
+    msg: bytes, fds: list[int], spare: _Spare | None, master: int, zygote_sock: socket.socket
+) -> int:
+    """Give the request to the spare (to a new one if it died meanwhile); returns the pid."""
+    if spare is not None:
+        try:
+            return spare.take(msg, fds)
+        except DaemonConnError:
+            pass  # killed while it waited: lightningd reaps it like any child
+    return _fork_spare(master, zygote_sock).take(msg, fds)
 
 
 def _is_main_test(test: ast.expr) -> bool:
@@ -271,17 +352,28 @@ def _preload() -> None:
     gc.freeze()  # the collector never writes to these objects again, so no copy-on-write
 
 
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    readable, _, _ = select.select([sock], [], [], timeout)
+    return bool(readable)
+
+
 def serve(master: int, sock: socket.socket) -> None:
     conn = DaemonConn(sock)
     _preload()  # nothing left to do when lightningd forked us after doing it
     conn.send(_READY)
+    spare: _Spare | None = None
     while True:
+        if spare is None and not _readable(conn.sock, _SPARE_AFTER_IDLE):
+            with contextlib.suppress(Exception):  # else forked when the request comes
+                spare = _fork_spare(master, conn.sock)
         try:
             msg, fds = conn.recv_with_fds()
         except DaemonConnError:
             os._exit(0)
         try:
-            reply = {"pid": _fork_subdaemon(json.loads(msg), fds, master, conn.sock)}
+            _check_request(msg, fds)
+            taken, spare = spare, None
+            reply = {"pid": _start_subdaemon(msg, fds, taken, master, conn.sock)}
         except Exception as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         finally:

@@ -204,6 +204,55 @@ def test_peer_handover_through_zygote(zygote, monkeypatch):
     assert len(pids) == 1
 
 
+def spare_of() -> int | None:
+    """Our child titled lightning_spare, if the zygote has forked one."""
+    kids = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    for kid in map(int, kids):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{kid}/cmdline").read_bytes().startswith(b"lightning_spare"):
+                return kid
+    return None
+
+
+def wait_for_spare(zygote) -> int:
+    deadline = time.monotonic() + 10
+    while (pid := spare_of()) is None:
+        assert time.monotonic() < deadline, "no spare forked"
+        time.sleep(0.01)
+    return pid
+
+
+def test_a_start_takes_the_spare_and_a_new_one_follows(zygote):
+    """Once idle, the zygote keeps one subdaemon forked ahead (our child already); a start
+    hands it the request and returns its pid, and the next spare is another process."""
+    spare = wait_for_spare(zygote)
+    pid, conn = spawn_status(*WAIT)
+    assert pid == spare
+    assert first_status(conn).entry == "started"
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"lightning_status_subdaemon")
+    following = wait_for_spare(zygote)
+    assert following != spare
+    conn.sock.close()
+    assert exit_code(pid) == 0
+
+
+def test_a_spare_killed_while_waiting_is_replaced_at_the_start(zygote):
+    spare = wait_for_spare(zygote)
+    os.kill(spare, signal.SIGKILL)
+    assert exit_code(spare) == -signal.SIGKILL
+    pid, conn = spawn_status(*WAIT)
+    assert pid != spare and forked_from_zygote(pid)
+    assert first_status(conn).entry == "started"
+    conn.sock.close()
+    assert exit_code(pid) == 0
+
+
+def test_the_spare_ends_with_the_zygote(zygote):
+    spare = wait_for_spare(zygote)
+    stop_zygote()
+    assert exit_code(spare) == 0
+
+
 def test_fallback_when_zygote_killed(zygote):
     os.kill(zygote.pid, signal.SIGKILL)
     time.sleep(0.1)
