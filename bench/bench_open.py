@@ -43,6 +43,7 @@ from bench.benchlib import (
     git_state,
     mature_coinbase,
     node_memory,
+    proc_name,
     settle,
     smaps,
     start_nodes,
@@ -65,23 +66,23 @@ def channel_state(node, channel_id: str) -> str | None:
 
 
 class OpeningdWatcher(threading.Thread):
-    """Polls a lightningd's descendants for new ones (openingd) and keeps the largest."""
+    """Polls a lightningd's descendants for its openingd and keeps the largest reading.
+    By title: the openingd may be the zygote's spare, a process older than the open."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
-        self.known = set(descendants(pid))
         self.stop = threading.Event()
         self.best: dict | None = None
 
     def run(self) -> None:
         while not self.stop.is_set():
             for kid in descendants(self.pid):
-                if kid in self.known:
+                if proc_name(kid).split()[0] != "openingd":
                     continue
                 m = smaps(kid)
                 if m and (self.best is None or m["pss_kb"] > self.best["pss_kb"]):
-                    self.best = {"pid": kid, "name": "openingd", **m}  # new during an open
+                    self.best = {"pid": kid, "name": "openingd", **m}
             time.sleep(0.002)
 
 
