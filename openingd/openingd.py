@@ -177,10 +177,19 @@ class Hsm:
         self.conn = conn
 
     def request(self, msg: Message, reply_type: type[M]) -> M:
+        self.send(msg)
+        return self.reply(msg, reply_type)
+
+    def send(self, msg: Message) -> None:
+        """A request whose reply is read later: hsmd answers a client's requests in order."""
         try:
             self.conn.send(msg.encode())
-            raw = self.conn.recv()
-            reply = hsm_wire.decode(raw)
+        except DaemonConnError as exc:
+            raise FatalError(FailReason.HSM_IO, f"hsmd {msg.NAME}: {exc}") from None
+
+    def reply(self, msg: Message, reply_type: type[M]) -> M:
+        try:
+            reply = hsm_wire.decode(self.conn.recv())
         except (DaemonConnError, WireError) as exc:
             raise FatalError(FailReason.HSM_IO, f"hsmd {msg.NAME}: {exc}") from None
         if isinstance(reply, hsm_wire.HsmdBadRequest):
@@ -233,10 +242,13 @@ class Openingd:
 
     def our_side(self) -> Side:
         """Our keys come from hsmd; our config from lightningd (reserve set per channel)."""
-        reply = self.hsm.request(
-            hsm_wire.HsmdGetChannelBasepoints(peerid=None, dbid=0),
-            hsm_wire.HsmdGetChannelBasepointsReply,
-        )
+        # Both asked at once: one wait for hsmd, not two, before we can say anything.
+        get_basepoints = hsm_wire.HsmdGetChannelBasepoints(peerid=None, dbid=0)
+        get_point = hsm_wire.HsmdGetPerCommitmentPoint(n=0)
+        self.hsm.send(get_basepoints)
+        self.hsm.send(get_point)
+        reply = self.hsm.reply(get_basepoints, hsm_wire.HsmdGetChannelBasepointsReply)
+        first_point = self.hsm.reply(get_point, hsm_wire.HsmdGetPerCommitmentPointReply)
         bp = reply.basepoints
         points = wire.Basepoints(
             revocation=bp.revocation,
@@ -248,7 +260,7 @@ class Openingd:
             to_config(self.init.our_config),
             reply.funding_pubkey,
             points,
-            self.per_commitment_point(0),
+            first_point.per_commitment_point,
         )
 
     def per_commitment_point(self, n: int) -> bytes:
