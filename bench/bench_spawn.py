@@ -1,5 +1,9 @@
 """Subdaemon start-up: posix_spawn of a fresh interpreter vs a fork from the zygote.
 
+Through the zygote two ways: starts back to back, each forked on request (as in a
+burst), and starts after an idle pause, each taking the spare the zygote forked ahead
+(as an open on a quiet node does).
+
 For each kind of subdaemon, the time from "lightningd decides to start it" (just
 before spawn_subdaemon) to "it is ready": the first message it sends us. openingd,
 gossipd and hsmd speak only when spoken to, so we send each a bogus 2-byte message
@@ -22,7 +26,7 @@ import time
 
 from common.daemon_conn import DaemonConn
 from lightningd.subd import posix_spawn_subdaemon, spawn_subdaemon, start_zygote
-from lightningd.zygote import current_zygote
+from lightningd.zygote import SPARE_AFTER_IDLE, current_zygote
 
 KINDS = {
     "openingd": ("openingd.openingd", True),
@@ -41,7 +45,12 @@ def via_zygote(module: str, fds: dict[int, int], args: list[str]) -> int:
     return pid
 
 
-METHODS = {"posix_spawn": posix_spawn_subdaemon, "zygote": via_zygote}
+# name -> (spawn function, idle pause before each timed start)
+METHODS = {
+    "posix_spawn": (posix_spawn_subdaemon, 0.0),
+    "zygote, forked": (via_zygote, 0.0),
+    "zygote, spare": (via_zygote, SPARE_AFTER_IDLE + 0.1),
+}
 
 
 def start(method, module: str, poke: bool) -> tuple[float, int, DaemonConn]:
@@ -67,7 +76,8 @@ def finish(pid: int, sock: socket.socket) -> None:
     os.waitpid(pid, 0)
 
 
-def one_run(method, module: str, poke: bool) -> float:
+def one_run(method, module: str, poke: bool, pause: float) -> float:
+    time.sleep(pause)
     elapsed, pid, conn = start(method, module, poke)
     finish(pid, conn.sock)
     return elapsed
@@ -114,24 +124,24 @@ def main() -> None:
         sys.exit("zygote unavailable here")
     print(f"zygote ready in {(time.perf_counter() - t0) * 1e3:.0f} ms (once per lightningd)")
     print(f"\nspawn -> first message, {runs} runs each (ms)")
-    print(f"{'subdaemon':<18}{'method':<13}{'min':>8}{'median':>8}{'p95':>8}")
+    print(f"{'subdaemon':<18}{'method':<16}{'min':>8}{'median':>8}{'p95':>8}")
     for kind, (module, poke) in KINDS.items():
-        for name, method in METHODS.items():
-            one_run(method, module, poke)  # warm-up
-            times = [one_run(method, module, poke) * 1e3 for _ in range(runs)]
+        for name, (method, pause) in METHODS.items():
+            one_run(method, module, poke, pause)  # warm-up
+            times = [one_run(method, module, poke, pause) * 1e3 for _ in range(runs)]
             print(
-                f"{kind:<18}{name:<13}{min(times):>8.1f}{statistics.median(times):>8.1f}"
+                f"{kind:<18}{name:<16}{min(times):>8.1f}{statistics.median(times):>8.1f}"
                 f"{pct(times, 0.95):>8.1f}",
                 flush=True,
             )
     print("\nidle subdaemon memory (kB)")
-    print(f"{'subdaemon':<18}{'method':<13}{'PSS':>8}{'USS':>8}")
+    print(f"{'subdaemon':<18}{'method':<16}{'PSS':>8}{'USS':>8}")
     for kind, (module, _) in KINDS.items():
-        for name, method in METHODS.items():
-            pss, uss = idle(method, module)
-            print(f"{kind:<18}{name:<13}{pss:>8}{uss:>8}", flush=True)
+        for name in ("posix_spawn", "zygote, spare"):
+            pss, uss = idle(METHODS[name][0], module)
+            print(f"{kind:<18}{name:<16}{pss:>8}{uss:>8}", flush=True)
     pss, uss = memory(z.pid)
-    print(f"{'(the zygote)':<18}{'':<13}{pss:>8}{uss:>8}")
+    print(f"{'(the zygote)':<18}{'':<16}{pss:>8}{uss:>8}")
 
 
 if __name__ == "__main__":

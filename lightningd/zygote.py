@@ -21,7 +21,7 @@ subdaemon's die_with_master() (PR_SET_PDEATHSIG) ties it to lightningd, not to t
 short-lived intermediate; then, keeping only stdio and its socket to the zygote, it
 waits for a request. A request is answered by sending it to the spare with its
 descriptors and replying with the spare's pid. The next spare is forked once no request
-has come for _SPARE_AFTER_IDLE: a start waits for a fork only in a burst, as every start
+has come for SPARE_AFTER_IDLE: a start waits for a fork only in a burst, as every start
 did before spares (~3-4 ms). A spare exits when the zygote's end of its socket closes.
 
 Given its request, the spare places its descriptors at their numbers, closes everything
@@ -65,7 +65,7 @@ _READY = b"ready"
 _REQUEST_TIMEOUT = 10.0
 # The next spare is forked once no request came for this long: not on the cores the
 # subdaemon just started needs, and in a burst each start forks its own as before.
-_SPARE_AFTER_IDLE = 0.1
+SPARE_AFTER_IDLE = 0.1
 
 
 class ZygoteError(Exception):
@@ -363,7 +363,7 @@ def serve(master: int, sock: socket.socket) -> None:
     conn.send(_READY)
     spare: _Spare | None = None
     while True:
-        if spare is None and not _readable(conn.sock, _SPARE_AFTER_IDLE):
+        if spare is None and not _readable(conn.sock, SPARE_AFTER_IDLE):
             with contextlib.suppress(Exception):  # else forked when the request comes
                 spare = _fork_spare(master, conn.sock)
         try:
