@@ -14,7 +14,6 @@ is refused before any openingd starts (gossipd caps each peer's gossip rate).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import socket
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from common.cryptomsg import CryptoState
 from common.features import feature_names
-from common.peer_io import AsyncPeerConnection, ConnectionClosed, Handover
+from common.peer_io import AsyncPeerConnection, ConnectionClosed, Handover, HandoverError
 from common.read_peer_msg import (
     ALL_CHANNELS,
     MULTIPLE_CHANNELS,
@@ -59,6 +58,10 @@ PONG_TIMEOUT = 30.0
 # private). Above the 100 simultaneous inbound opens the performance targets ask for.
 MAX_OPENS_IN_FLIGHT = 128
 TOO_MANY_OPENS = "Too many channel opens in flight: try again later"
+# After our last message (a warning) we stop writing and read until the peer closes, this
+# long at most: closing with its bytes unread would reset the connection, and a reset can
+# destroy the warning before the peer reads it.
+HANG_UP_DRAIN_SECS = 5.0
 SOURCE = "lightningd"
 
 
@@ -102,10 +105,33 @@ class Peer:
         }
 
 
+async def hang_up_after(conn: AsyncPeerConnection, msg: bytes) -> None:
+    """Send `msg`, stop writing, and drop what the peer still sends until it closes (or
+    HANG_UP_DRAIN_SECS pass); then close. As openingd's hang_up does."""
+    sock = None
+    try:
+        async with asyncio.timeout(HANG_UP_DRAIN_SECS):
+            await conn.write_message(msg)
+            sock = socket.socket(fileno=(await conn.detach()).fd)
+            sock.setblocking(False)
+            sock.shutdown(socket.SHUT_WR)
+            loop = asyncio.get_running_loop()
+            while await loop.sock_recv(sock, 65536):
+                pass
+    except (TimeoutError, OSError, HandoverError):  # ConnectionError is an OSError
+        pass
+    finally:
+        if sock is not None:
+            sock.close()
+        else:
+            conn.close()
+
+
 class PeerControl:
     def __init__(self, ld: LightningD) -> None:
         self.ld = ld
         self.peers: dict[bytes, Peer] = {}
+        self.hanging_up: set[asyncio.Task[None]] = set()  # connections given last words
 
     # -- arrival and departure -------------------------------------------------
 
@@ -130,14 +156,21 @@ class PeerControl:
         await self.ld.channel_control.peer_connected(peer)
         await self.ld.gossip.peer_connected(peer)
 
-    async def disconnect(self, peer: Peer, reason: str) -> None:
+    async def disconnect(self, peer: Peer, reason: str, last_words: bytes | None = None) -> None:
+        """End the connection; `last_words` (a warning) is sent first, and given time to
+        arrive (hang_up_after)."""
         if peer.conn is None:
             # A subdaemon holds the connection: ending it ends the connection too.
             await self.ld.opening.abort(peer.node_id)
         await self._stop_serving(peer)
         if peer.conn is not None:
-            peer.conn.close()
-            peer.conn = None
+            conn, peer.conn = peer.conn, None
+            if last_words is None:
+                conn.close()
+            else:
+                task = asyncio.get_running_loop().create_task(hang_up_after(conn, last_words))
+                self.hanging_up.add(task)
+                task.add_done_callback(self.hanging_up.discard)
         await self.lost(peer, reason)
 
     async def lost(self, peer: Peer, reason: str) -> None:
@@ -186,6 +219,9 @@ class PeerControl:
     async def shutdown(self) -> None:
         for peer in list(self.peers.values()):
             await self.disconnect(peer, "lightningd shutting down")
+        for task in list(self.hanging_up):
+            task.cancel()
+        await asyncio.gather(*self.hanging_up, return_exceptions=True)
 
     # -- the parked peer's loop ------------------------------------------------
 
@@ -197,10 +233,7 @@ class PeerControl:
                 if await self._handle(peer, raw) is HANDED_OVER:
                     return
         except PeerProtocolError as exc:
-            if exc.warning is not None:
-                with contextlib.suppress(OSError, ConnectionError):
-                    await peer.conn.write_message(exc.warning)
-            await self.disconnect(peer, exc.reason)
+            await self.disconnect(peer, exc.reason, exc.warning)
         except (ConnectionClosed, ConnectionError, OSError) as exc:
             await self.disconnect(peer, f"connection closed: {exc}")
         except Exception as exc:  # a bug here must cost one peer, never the node
