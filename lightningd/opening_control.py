@@ -549,16 +549,20 @@ class OpeningControl:
         """Send the funding tx of stored channels. Only bitcoind's refusal fails the open:
         when it is merely unreachable the open has happened (failing it would invite a
         second one), and the chain code sends the recorded tx again once bitcoind is back.
-        A refused tx is never sent again (the wallet has released its inputs), so its
-        channels are cancelled, as fundchannel and multifundchannel do in Core Lightning."""
-        assert self.ld.wallet is not None
+        A refused tx is never sent again, so its channels are cancelled, as fundchannel and
+        multifundchannel do in Core Lightning, and then its inputs go back to the wallet:
+        killed in between, the next start frees inputs reserved for a tx no channel holds."""
+        wallet = self.ld.wallet
+        assert wallet is not None
         try:
-            await self.ld.wallet.broadcast(tx)
+            await wallet.broadcast(tx, release_refused=False)
         except BroadcastError as exc:
             if not exc.final:
                 self.ld.log.unusual(SOURCE, str(exc))
                 return
             await self._cancel_stored(bytes(tx.GetTxid()), f"refused by bitcoind: {exc}")
+            self.ld.dev_crash("funding_refused_cancelled")
+            wallet.release(tx)
             raise RpcError(
                 FUNDING_BROADCAST_FAIL, f"Error broadcasting funding transaction: {exc}"
             ) from None

@@ -706,16 +706,17 @@ class Wallet:
             self.release(funded.inputs)
             raise
 
-    async def broadcast(self, tx: CTransaction) -> bytes:
+    async def broadcast(self, tx: CTransaction, release_refused: bool = True) -> bytes:
         """Send one of our transactions and apply it to the wallet (inputs spent, change
-        recorded unconfirmed). A refused tx has its inputs released and BroadcastError
-        raised; an unreachable bitcoind leaves it applied and queued for rebroadcast."""
+        recorded unconfirmed). A refused tx raises BroadcastError, its inputs released unless
+        the caller does it (`release_refused=False`: it has records to drop first); an
+        unreachable bitcoind leaves it applied and queued for rebroadcast."""
         try:
             txid = await self.topology.broadcast(tx.serialize(), bytes(tx.GetTxid()))
         except BroadcastError as exc:
-            if exc.final:
+            if exc.final and release_refused:
                 self.release(tx)
-            else:
+            elif not exc.final:
                 self._apply_unconfirmed(tx)
             raise
         self._apply_unconfirmed(tx)

@@ -16,10 +16,11 @@ from pyln.client import RpcError
 
 from common.read_peer_msg import make_error
 from lightningd.jsonrpc_errors import FUNDING_BROADCAST_FAIL
+from lightningd.lightningd import DEV_CRASH_ENV
 from tests.node import NodeFactory, wait_for
 from tests.opening_peer import Background, OpeningPeer, error_text
 from tests.test_chain_outage import OPTIONS, FakeChain, at_tip, funded_pair
-from tests.test_crash_matrix import AMOUNT, assert_untouched
+from tests.test_crash_matrix import AMOUNT, assert_untouched, wait_killed
 from tests.test_fundchannel import FAST, funded_node
 
 CANCEL_TEXT = "Cancel channel by our RPC command before funding transaction broadcast."
@@ -144,3 +145,31 @@ def test_refused_funding_tx_cancels_its_channels(fake_nodes, fake_chain, command
     at_tip(fake_chain, l1)
     assert len(sent_txs(fake_chain)) == 1
     assert_untouched(l1, before)
+
+
+def test_killed_between_cancelling_and_releasing(fake_nodes, fake_chain, monkeypatch):
+    """Killed after the refused funding tx's channel is cancelled (durably, its tx record
+    with it) but before its inputs go back: the next start frees inputs reserved for a tx
+    nothing holds, and nothing is sent again."""
+    l1, l2, before = funded_pair(fake_nodes, fake_chain)
+    l1.stop()
+    monkeypatch.setenv(DEV_CRASH_ENV, "funding_refused_cancelled")
+    l1.start()
+    monkeypatch.delenv(DEV_CRASH_ENV)
+    l1.rpc.connect(l2.uri())
+    fake_chain.call(
+        lambda: fake_chain.fake.errors.setdefault("sendrawtransaction", []).append(
+            (-26, "min relay fee not met")
+        )
+    )
+    with pytest.raises((OSError, ValueError)):  # its RPC connection broke
+        l1.rpc.fundchannel(l2.id, AMOUNT)
+    l1.wait_for_log(f"{DEV_CRASH_ENV}=funding_refused_cancelled: killing ourselves")
+    wait_killed(l1)
+    l2.wait_for_log(f"Peer sent error: {re.escape(CANCEL_TEXT)}")
+    l1.start()
+    l1.wait_for_log("Released the inputs of unsent transaction")
+    assert_untouched(l1, before)
+    fake_chain.mine(1)
+    at_tip(fake_chain, l1)
+    assert len(sent_txs(fake_chain)) == 1
