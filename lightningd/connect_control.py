@@ -211,9 +211,9 @@ class ConnectControl:
                 init = check_init(await conn.read_message(), ours, chain_hash)
         except PeerProtocolError as exc:
             if exc.warning is not None:
-                with contextlib.suppress(OSError, ConnectionError):
-                    await conn.write_message(exc.warning)
-            conn.close()
+                self.ld.peers.hang_up(conn, exc.warning)
+            else:
+                conn.close()
             raise ConnectFailed(CONNECT_DISCONNECTED_DURING, exc.reason) from None
         except TimeoutError:
             conn.close()

@@ -168,10 +168,15 @@ class PeerControl:
             if last_words is None:
                 conn.close()
             else:
-                task = asyncio.get_running_loop().create_task(hang_up_after(conn, last_words))
-                self.hanging_up.add(task)
-                task.add_done_callback(self.hanging_up.discard)
+                self.hang_up(conn, last_words)
         await self.lost(peer, reason)
+
+    def hang_up(self, conn: AsyncPeerConnection, last_words: bytes) -> None:
+        """Send `last_words` and close, in the background (hang_up_after: up to
+        HANG_UP_DRAIN_SECS); cut short at shutdown."""
+        task = asyncio.get_running_loop().create_task(hang_up_after(conn, last_words))
+        self.hanging_up.add(task)
+        task.add_done_callback(self.hanging_up.discard)
 
     async def lost(self, peer: Peer, reason: str) -> None:
         """The peer is gone (its connection closed here, or with a subdaemon)."""

@@ -13,6 +13,7 @@ import time
 from coincurve import PrivateKey
 
 from common.chainparams import CHAINS
+from common.cryptomsg import HEADER_LEN, MAC_LEN
 from common.features import bits_to_bytes, bytes_to_bits, our_features
 from common.handshake import privkey_ecdh
 from common.peer_io import PeerConnection, handshake_initiator, handshake_responder
@@ -78,6 +79,31 @@ class ScriptedPeer:
     def recv(self):
         assert self.conn is not None
         return wire.decode(self.conn.read_message())
+
+    def read_until_hang_up(self) -> tuple[list, bool]:
+        """Every message (gossip aside) the node sends until it hangs up, and whether it
+        closed cleanly: a FIN after its last message, not a reset (which can destroy what is
+        still in flight: a node that closes with our bytes unread resets the connection)."""
+        conn = self.conn
+        assert conn is not None and not conn._rbuf, "called between messages"
+        data, clean = bytearray(), True
+        while True:
+            try:
+                chunk = conn.sock.recv(65536)
+            except ConnectionResetError:
+                clean = False
+                break
+            if not chunk:
+                break
+            data += chunk
+        messages = []
+        while len(data) >= HEADER_LEN:
+            end = HEADER_LEN + conn.state.decrypt_header(bytes(data[:HEADER_LEN])) + MAC_LEN
+            msg = wire.decode(conn.state.decrypt_body(bytes(data[HEADER_LEN:end])))
+            del data[:end]
+            if not 256 <= msg.TYPE <= 511:
+                messages.append(msg)
+        return messages, clean
 
     def recv_skipping_pings(self):
         """The next message that is not a ping (answered) or gossip (ignored)."""

@@ -112,10 +112,10 @@ def test_peer_with_unknown_even_feature_is_disconnected(node_factory):
     peer.connect(l1.id, l1.port)
     assert isinstance(peer.recv(), wire.Init)
     peer.send(init_msg(features_with(100)))
-    warning = peer.recv()
-    assert warning == wire.Warning(channel_id=bytes(32), data=b"Unsupported feature 100")
-    with pytest.raises(EOFError):
-        peer.recv()
+    peer.send(wire.Ping(num_pong_bytes=1, ignored=b"").encode())  # unread when it refuses
+    heard, clean = peer.read_until_hang_up()
+    assert heard == [wire.Warning(channel_id=bytes(32), data=b"Unsupported feature 100")]
+    assert clean, "the node reset the connection"
     l1.wait_for_log("Unsupported feature 100")
     assert l1.rpc.getinfo()["num_peers"] == 0
 

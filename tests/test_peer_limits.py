@@ -21,7 +21,6 @@ import time
 
 import pytest
 
-from common.cryptomsg import HEADER_LEN, MAC_LEN
 from common.read_peer_msg import MULTIPLE_CHANNELS, PING_BURST, PING_FLOOD
 from gossipd.gossipd import RATE_BURST
 from lightningd.connect_control import MAX_HANDSHAKES_IN_FLIGHT
@@ -333,38 +332,13 @@ def test_bad_frame_disconnects_only_that_peer(node_factory, how):
 # --- floods --------------------------------------------------------------------------------
 
 
-def read_until_hang_up(peer) -> tuple[list, bool]:
-    """Every message (gossip aside) the node sends until it hangs up, and whether it closed
-    cleanly: a FIN after its last message, not a reset, which can destroy what is in flight."""
-    conn = peer.conn
-    assert not conn._rbuf, "called between messages"
-    data, clean = bytearray(), True
-    while True:
-        try:
-            chunk = conn.sock.recv(65536)
-        except ConnectionResetError:
-            clean = False
-            break
-        if not chunk:
-            break
-        data += chunk
-    messages = []
-    while len(data) >= HEADER_LEN:
-        end = HEADER_LEN + conn.state.decrypt_header(bytes(data[:HEADER_LEN])) + MAC_LEN
-        msg = wire.decode(conn.state.decrypt_body(bytes(data[HEADER_LEN:end])))
-        del data[:end]
-        if not 256 <= msg.TYPE <= 511:
-            messages.append(msg)
-    return messages, clean
-
-
 def flood_pings(peer, count: int) -> list:
     """Send `count` pings at once and read until the node hangs up: its last message must be
     the ping-flood warning, all before it pongs, and the hang-up clean (the node read what
     we still sent). Returns the pongs."""
     for _ in range(count):
         peer.send(wire.Ping(num_pong_bytes=1, ignored=b"").encode())
-    answers, clean = read_until_hang_up(peer)
+    answers, clean = peer.read_until_hang_up()
     assert clean, "the node reset the connection"
     warning = answers.pop()
     assert isinstance(warning, wire.Warning), warning
