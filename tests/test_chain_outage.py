@@ -26,7 +26,6 @@ from pyln.client import RpcError
 
 from common.chainparams import CHAINS
 from lightningd.channel_control import FUNDEE_FORGET_BLOCKS
-from lightningd.lightningd import DEV_CRASH_ENV
 from lightningd.wallet import address_to_script
 from tests.fake_bitcoind import OP_TRUE_SCRIPT, FakeBitcoind
 from tests.node import Node, NodeFactory, wait_for
@@ -34,6 +33,7 @@ from tests.test_crash_matrix import (
     AMOUNT,
     assert_accounted,
     assert_untouched,
+    start_crashing_at,
     wait_killed,
     wallet_msat,
 )
@@ -223,9 +223,7 @@ def test_fundee_forgets_a_channel_never_funded(nodes, chain, monkeypatch):
     never broadcast. BOLT #2 lets the fundee forget it after 2016 blocks, not one earlier."""
     l1, l2, before = funded_pair(nodes, chain)
     l2.stop()
-    monkeypatch.setenv(DEV_CRASH_ENV, "channel_stored")
-    l2.start()
-    monkeypatch.delenv(DEV_CRASH_ENV)
+    start_crashing_at(l2, "channel_stored", monkeypatch)
     l1.rpc.connect(l2.uri())
     with pytest.raises(RpcError):
         l1.rpc.fundchannel(l2.id, AMOUNT)

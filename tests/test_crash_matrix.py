@@ -179,6 +179,13 @@ def wait_killed(node, code: int = -signal.SIGKILL) -> None:
 # -- lightningd killing itself at a named stage -----------------------------------------------
 
 
+def start_crashing_at(node, stage: str, monkeypatch) -> None:
+    """Start `node` (stopped) with lightningd set to kill itself at `stage`."""
+    monkeypatch.setenv(DEV_CRASH_ENV, stage)
+    node.start()
+    monkeypatch.delenv(DEV_CRASH_ENV)
+
+
 def check_open_result(opening: Background, case: HookCase) -> None:
     """What fundchannel said: the open outlived the accepter's death only if funding_signed
     had left; a dead opener's own RPC connection broke (pyln raises OSError or ValueError)."""
@@ -199,9 +206,7 @@ def run_hook_case(node_factory, bitcoind, monkeypatch, case: HookCase) -> None:
     before = wallet_msat(l1)
     if victim is l1:
         l1.stop()
-    monkeypatch.setenv(DEV_CRASH_ENV, case.stage)
-    victim.start()
-    monkeypatch.delenv(DEV_CRASH_ENV)
+    start_crashing_at(victim, case.stage, monkeypatch)
     if victim is l1:
         l2.start()
     l1.rpc.connect(l2.uri())
@@ -246,9 +251,7 @@ def test_opener_killed_in_multifundchannel_before_the_tx_is_recorded(
     accepters = node_factory.get_nodes(2, *FAST)
     before = wallet_msat(l1)
     l1.stop()
-    monkeypatch.setenv(DEV_CRASH_ENV, "multifund_stored")
-    l1.start()
-    monkeypatch.delenv(DEV_CRASH_ENV)
+    start_crashing_at(l1, "multifund_stored", monkeypatch)
     for peer in accepters:
         l1.rpc.connect(peer.uri())
     opening = Background(

@@ -20,7 +20,7 @@ from lightningd.lightningd import DEV_CRASH_ENV
 from tests.node import NodeFactory, wait_for
 from tests.opening_peer import Background, OpeningPeer, error_text
 from tests.test_chain_outage import OPTIONS, FakeChain, at_tip, funded_pair
-from tests.test_crash_matrix import AMOUNT, assert_untouched, wait_killed
+from tests.test_crash_matrix import AMOUNT, assert_untouched, start_crashing_at, wait_killed
 from tests.test_fundchannel import FAST, funded_node
 
 CANCEL_TEXT = "Cancel channel by our RPC command before funding transaction broadcast."
@@ -110,6 +110,15 @@ def sent_txs(chain: FakeChain) -> list[str]:
     return chain.call(lambda: [p[0] for m, p in chain.fake.calls if m == "sendrawtransaction"])
 
 
+def refuse_next_broadcast(chain: FakeChain) -> None:
+    """bitcoind refuses the next sendrawtransaction for good (-26)."""
+    chain.call(
+        lambda: chain.fake.errors.setdefault("sendrawtransaction", []).append(
+            (-26, "min relay fee not met")
+        )
+    )
+
+
 @pytest.mark.parametrize("command", ["fundchannel", "multifundchannel"])
 def test_refused_funding_tx_cancels_its_channels(fake_nodes, fake_chain, command):
     """bitcoind refuses the funding tx for good: the wallet takes its inputs back, so the
@@ -119,11 +128,7 @@ def test_refused_funding_tx_cancels_its_channels(fake_nodes, fake_chain, command
     if command == "multifundchannel":
         peers.append(fake_nodes.get_node(*OPTIONS))
         l1.rpc.connect(peers[1].uri())
-    fake_chain.call(
-        lambda: fake_chain.fake.errors.setdefault("sendrawtransaction", []).append(
-            (-26, "min relay fee not met")
-        )
-    )
+    refuse_next_broadcast(fake_chain)
     with pytest.raises(RpcError) as info:
         if command == "fundchannel":
             l1.rpc.fundchannel(l2.id, AMOUNT)
@@ -153,15 +158,9 @@ def test_killed_between_cancelling_and_releasing(fake_nodes, fake_chain, monkeyp
     nothing holds, and nothing is sent again."""
     l1, l2, before = funded_pair(fake_nodes, fake_chain)
     l1.stop()
-    monkeypatch.setenv(DEV_CRASH_ENV, "funding_refused_cancelled")
-    l1.start()
-    monkeypatch.delenv(DEV_CRASH_ENV)
+    start_crashing_at(l1, "funding_refused_cancelled", monkeypatch)
     l1.rpc.connect(l2.uri())
-    fake_chain.call(
-        lambda: fake_chain.fake.errors.setdefault("sendrawtransaction", []).append(
-            (-26, "min relay fee not met")
-        )
-    )
+    refuse_next_broadcast(fake_chain)
     with pytest.raises((OSError, ValueError)):  # its RPC connection broke
         l1.rpc.fundchannel(l2.id, AMOUNT)
     l1.wait_for_log(f"{DEV_CRASH_ENV}=funding_refused_cancelled: killing ourselves")
