@@ -35,12 +35,15 @@ import time
 from bench.benchlib import (
     ELSEWHERE,
     FAST,
+    LIGHTNINGD,
+    add_lightningd_option,
     chain,
     descendants,
     emit,
     fund,
     fund_many,
     git_state,
+    lightningd_of,
     mature_coinbase,
     node_memory,
     proc_name,
@@ -86,8 +89,8 @@ class OpeningdWatcher(threading.Thread):
             time.sleep(0.002)
 
 
-def sequential(opens: int) -> dict:
-    with chain("bench-open-") as (bitcoind, factory):
+def sequential(opens: int, executable: tuple[str, ...] = LIGHTNINGD) -> dict:
+    with chain("bench-open-", executable) as (bitcoind, factory):
         l1 = factory.get_node(*FAST)
         l2 = factory.get_node(*FAST)
         fund(bitcoind, [l1], opens + 1)
@@ -321,10 +324,10 @@ def multifund_round(bitcoind, funder, peers) -> dict:
     return out
 
 
-def fleet(ns: list[int], multi: list[int]) -> dict:
+def fleet(ns: list[int], multi: list[int], executable: tuple[str, ...] = LIGHTNINGD) -> dict:
     """One chain and max(N) spokes for every concurrent round (a fresh hub each), and a
     funder that multifunds to disjoint slices of the same spokes."""
-    with chain("bench-fleet-") as (bitcoind, factory):
+    with chain("bench-fleet-", executable) as (bitcoind, factory):
         coin = mature_coinbase(bitcoind)  # before the nodes: they start at the tip
         count = max([*ns, sum(multi), 1])
         t0 = time.perf_counter()
@@ -368,12 +371,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--multifund", default="10,25", help="comma list of N; empty to skip")
     parser.add_argument("--no-sequential", action="store_true")
     parser.add_argument("--json")
+    add_lightningd_option(parser)
     args = parser.parse_args(argv)
+    exe = lightningd_of(args)
     ns = [int(x) for x in args.concurrent.split(",") if x]
     multi = [int(x) for x in args.multifund.split(",") if x]
-    out: dict = {"git": git_state()}
-    out["sequential"] = None if args.no_sequential else sequential(args.opens)
-    out.update(fleet(ns, multi) if ns or multi else {"concurrent": [], "multifundchannel": []})
+    out: dict = {"git": git_state(), "lightningd": list(exe)}
+    out["sequential"] = None if args.no_sequential else sequential(args.opens, exe)
+    out.update(fleet(ns, multi, exe) if ns or multi else {"concurrent": [], "multifundchannel": []})
     return emit(out, args.json)
 
 

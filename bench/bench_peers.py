@@ -21,7 +21,18 @@ import selectors
 import threading
 import time
 
-from bench.benchlib import FAST, chain, emit, fd_count, git_state, node_memory, wait_for
+from bench.benchlib import (
+    FAST,
+    LIGHTNINGD,
+    add_lightningd_option,
+    chain,
+    emit,
+    fd_count,
+    git_state,
+    lightningd_of,
+    node_memory,
+    wait_for,
+)
 from common.peer_io import ConnectionClosed, PeerConnection
 from tests.scripted_peer import ScriptedPeer, init_msg
 from wire import peer_wiregen as wire
@@ -96,8 +107,8 @@ def connect_up_to(node, peers: Peers, count: int) -> float:
     return time.perf_counter() - t0
 
 
-def measure(counts: list[int]) -> dict:
-    with chain("bench-peers-") as (bitcoind, factory):
+def measure(counts: list[int], executable: tuple[str, ...] = LIGHTNINGD) -> dict:
+    with chain("bench-peers-", executable) as (bitcoind, factory):
         node = factory.get_node(*FAST)
         base = snapshot(node, 0)
         snaps, connect_s = [], {}
@@ -126,8 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--peers", default="100,500", help="comma list, ascending")
     parser.add_argument("--json")
+    add_lightningd_option(parser)
     args = parser.parse_args(argv)
-    out = {"git": git_state(), **measure(sorted(int(x) for x in args.peers.split(",") if x))}
+    counts = sorted(int(x) for x in args.peers.split(",") if x)
+    out = {"git": git_state(), **measure(counts, lightningd_of(args))}
     return emit(out, args.json)
 
 

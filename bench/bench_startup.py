@@ -28,10 +28,13 @@ import time
 from bench.benchlib import (
     ELSEWHERE,
     FAST,
+    LIGHTNINGD,
     Node,
+    add_lightningd_option,
     chain,
     emit,
     git_state,
+    lightningd_of,
     node_memory,
     start_to_rpc_ready,
     stats,
@@ -42,11 +45,16 @@ from bench.synthetic_channels import add_channels
 from lightningd.chaintopology import RESCAN_BLOCKS
 
 
-def measure(runs: int) -> dict:
-    with chain("bench-start-") as (bitcoind, factory):
+def measure(runs: int, executable: tuple[str, ...] = LIGHTNINGD) -> dict:
+    with chain("bench-start-", executable) as (bitcoind, factory):
         empty = []
         for _ in range(runs):
-            node = Node(factory.base / f"empty-{len(factory.nodes)}", bitcoind, *FAST)
+            node = Node(
+                factory.base / f"empty-{len(factory.nodes)}",
+                bitcoind,
+                *FAST,
+                executable=executable,
+            )
             factory.nodes.append(node)
             empty.append(start_to_rpc_ready(node))
             stop_quietly(node)
@@ -130,9 +138,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--channels", type=int, default=1000, help="0 to skip")
     parser.add_argument("--channel-runs", type=int, default=5)
     parser.add_argument("--json")
+    add_lightningd_option(parser)
     args = parser.parse_args(argv)
-    out = {"git": git_state(), **measure(args.runs)}
-    if args.channels:
+    out = {"git": git_state(), **measure(args.runs, lightningd_of(args))}
+    if args.channels and args.lightningd:
+        out["stored_channels"] = None  # written with our schema: not another lightningd's
+    elif args.channels:
         out["stored_channels"] = measure_channels(args.channel_runs, args.channels)
     return emit(out, args.json)
 

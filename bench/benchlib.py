@@ -6,6 +6,7 @@ plus `--developer --dev-bitcoind-poll=1` so chain events are seen within a secon
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -24,7 +25,7 @@ from coincurve import PrivateKey  # noqa: E402
 
 from contrib.regtest_node import RegtestNode  # noqa: E402
 from hsmd.derive import p2wpkh_address  # noqa: E402
-from tests.node import Node, NodeFactory, wait_for  # noqa: E402
+from tests.node import LIGHTNINGD, Node, NodeFactory, wait_for  # noqa: E402
 
 FAST = ("--developer", "--dev-bitcoind-poll=1")
 # Blocks that only mature coinbases go to a key nobody here uses (as tests/test_fundchannel.py).
@@ -45,6 +46,7 @@ __all__ = [
     "CLN_REFERENCE",
     "ELSEWHERE",
     "FAST",
+    "LIGHTNINGD",
     "Node",
     "NodeFactory",
     "chain",
@@ -53,6 +55,16 @@ __all__ = [
     "stats",
     "wait_for",
 ]
+
+
+def add_lightningd_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lightningd", help="measure this lightningd (Core Lightning's, say) instead of ours"
+    )
+
+
+def lightningd_of(args: argparse.Namespace) -> tuple[str, ...]:
+    return (args.lightningd,) if args.lightningd else LIGHTNINGD
 
 
 def stats(samples: list[float]) -> dict:
@@ -71,12 +83,15 @@ def stats(samples: list[float]) -> dict:
 
 
 @contextlib.contextmanager
-def chain(prefix: str = "bench-") -> Iterator[tuple[RegtestNode, NodeFactory]]:
-    """A fresh regtest chain (bitcoind if on PATH, else bcoin) and a node factory on it."""
+def chain(
+    prefix: str = "bench-", executable: tuple[str, ...] = LIGHTNINGD
+) -> Iterator[tuple[RegtestNode, NodeFactory]]:
+    """A fresh regtest chain (bitcoind if on PATH, else bcoin) and a node factory on it,
+    its nodes run by `executable` (a Core Lightning lightningd, for the CLN columns)."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         bitcoind = RegtestNode(os.path.join(tmp, "bitcoind"))
         bitcoind.start()
-        factory = NodeFactory(Path(tmp), bitcoind)
+        factory = NodeFactory(Path(tmp), bitcoind, executable)
         try:
             yield bitcoind, factory
         finally:

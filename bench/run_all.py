@@ -4,8 +4,11 @@ Run: .venv/bin/python -m bench.run_all [--opens 8] [--concurrent 10,25,50,100]
      [--multifund 10,25] [--peers 100,500] [--channels 1000] [--startup-runs 7]
      [--quick]   (5 opens, N=5 only, multifund 5, 100 idle peers, 3 start-ups, 200 channels)
 
-Core Lightning figures printed beside ours are quoted from the text of issue 8, not measured here.
-Measured CLN columns need $CLN_LIGHTNINGD; without it one line says they are skipped.
+Core Lightning figures printed beside ours are quoted from the text of issue 8. With
+$CLN_LIGHTNINGD naming a Core Lightning lightningd, the open, concurrent-open, idle-peer and
+start-up benchmarks also run on it (same chain kind, same options: CLN's names) and a second
+table gives both and their ratio. A real CLN needs Bitcoin Core (its bcli plugin runs
+bitcoin-cli): the bcoin fallback will not do.
 """
 
 from __future__ import annotations
@@ -226,17 +229,72 @@ def daemon_dirty(git: dict) -> str:
 
 
 def cln_note() -> str:
-    """Measured CLN columns need a CLN binary; this suite does not build one."""
     path = os.environ.get("CLN_LIGHTNINGD")
     if not path:
         return (
             "CLN: CLN_LIGHTNINGD is unset: measured CLN columns SKIPPED "
             "(the CLN column only quotes issue 8)."
         )
-    return (
-        f"CLN: CLN_LIGHTNINGD={path} is set, but measuring CLN is not implemented in this "
-        "suite yet: measured CLN columns SKIPPED (the CLN column only quotes issue 8)."
-    )
+    return f"CLN: CLN_LIGHTNINGD={path}: measured beside ours (second table)."
+
+
+def _median(d: dict | None) -> float | None:
+    return d.get("median") if d else None
+
+
+def _pss(mem: dict | None) -> int | None:
+    return mem["total"]["pss_kb"] if mem else None
+
+
+def comparable(res: dict) -> list[tuple[str, float | None, str]]:
+    """(figure, value, unit) for the figures measured on both daemons."""
+    seq = res["open"]["sequential"] or {}
+    out: list[tuple[str, float | None, str]] = [
+        ("fundchannel RPC median", _median(seq.get("fundchannel_s")), "s"),
+        ("mine -> both NORMAL median", _median(seq.get("lockin_s")), "s"),
+        ("node PSS idle (l1)", _pss((seq.get("memory_idle") or {}).get("l1")), "kB"),
+        ("node PSS 5 channels (l1)", _pss((seq.get("memory_5_channels") or {}).get("l1")), "kB"),
+        ("openingd PSS", (seq.get("openingd_in_flight") or {}).get("pss_kb"), "kB"),
+        ("start -> getinfo, empty db", _median(res["startup"].get("empty_db_s")), "s"),
+    ]
+    for c in res["open"].get("concurrent", []):
+        out.append((f"{c['n']} concurrent opens, total", c.get("total_s"), "s"))
+        uss = c.get("hub_uss_growth_per_channel_kb")
+        out.append((f"{c['n']} concurrent, hub USS/chan", uss, "kB"))
+    for s in (res.get("peers") or {}).get("with_peers", []):
+        out.append((f"{s['peers']} idle peers, USS/peer", s["per_peer_kb"]["uss_kb"], "kB"))
+    return out
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "s":
+        return _ms(value)
+    return f"{value / 1024:.1f} MB" if value > 1024 else f"{value:.0f} kB"
+
+
+def cln_table(res: dict) -> list[str]:
+    """Ours beside the measured CLN, with ours / CLN (below 1: we are faster or smaller)."""
+    ours = comparable(res)
+    theirs = {figure: value for figure, value, _ in comparable(res["cln_measured"])}
+    lines = [f"{'measured on both':<40} {'ours':>10} {'CLN':>10} {'ours/CLN':>9}"]
+    for figure, value, unit in ours:
+        cln = theirs.get(figure)
+        ratio = f"{value / cln:.2f}" if value and cln else "-"
+        lines.append(f"{figure:<40} {_fmt(value, unit):>10} {_fmt(cln, unit):>10} {ratio:>9}")
+    return lines
+
+
+def measure_cln(path: str, args: argparse.Namespace) -> dict:
+    """The same runs (minus the synthetic 1,000 channels, which use our schema) on CLN."""
+    cln = ["--lightningd", path]
+    open_argv = ["--opens", str(args.opens), "--concurrent", args.concurrent, "--multifund", ""]
+    return {
+        "open": _quiet(bench_open.main, [*open_argv, *cln]),
+        "peers": _quiet(bench_peers.main, ["--peers", args.peers, *cln]) if args.peers else None,
+        "startup": _quiet(bench_startup.main, ["--runs", str(args.startup_runs), *cln]),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -272,6 +330,9 @@ def main(argv: list[str] | None = None) -> dict:
     res["startup"] = _quiet(
         bench_startup.main, ["--runs", str(args.startup_runs), "--channels", str(args.channels)]
     )
+    if os.environ.get("CLN_LIGHTNINGD"):
+        print("the same on CLN ...", file=sys.stderr)
+        res["cln_measured"] = measure_cln(os.environ["CLN_LIGHTNINGD"], args)
     if not args.no_micro:
         print("wire / transport ...", file=sys.stderr)
         res["micro"] = _micro()
@@ -283,6 +344,8 @@ def main(argv: list[str] | None = None) -> dict:
     path.write_text(json.dumps(res, indent=2))
     print(table(res))
     print(res["cln"])
+    if "cln_measured" in res:
+        print("\n".join(cln_table(res)))
     for failure in res["daemon_failures"]:
         print(f"DAEMON FAILURE: {failure[:600]}")
     print(

@@ -13,6 +13,8 @@ from pathlib import Path
 from pyln.client import LightningRpc
 
 ROOT = Path(__file__).resolve().parent.parent
+# How a node is started unless told otherwise: this project's lightningd.
+LIGHTNINGD = (sys.executable, "-m", "lightningd.lightningd")
 
 
 def free_port() -> int:
@@ -32,9 +34,14 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
 
 
 class Node:
-    def __init__(self, directory: Path, bitcoind, *options: str) -> None:
+    def __init__(
+        self, directory: Path, bitcoind, *options: str, executable: tuple[str, ...] = LIGHTNINGD
+    ) -> None:
+        """`executable`: the command that runs a lightningd taking CLN's options (the
+        benchmarks run Core Lightning's through it)."""
         self.dir = directory
         self.bitcoind = bitcoind
+        self.executable = executable
         self.port = free_port()
         self.options = list(options)
         self.proc: subprocess.Popen | None = None
@@ -48,9 +55,7 @@ class Node:
 
     def cmdline(self) -> list[str]:
         return [
-            sys.executable,
-            "-m",
-            "lightningd.lightningd",
+            *self.executable,
             f"--lightning-dir={self.dir}",
             "--network=regtest",
             f"--addr=127.0.0.1:{self.port}",
@@ -124,13 +129,19 @@ class Node:
 
 
 class NodeFactory:
-    def __init__(self, base: Path, bitcoind) -> None:
+    def __init__(self, base: Path, bitcoind, executable: tuple[str, ...] = LIGHTNINGD) -> None:
         self.base = base
         self.bitcoind = bitcoind
+        self.executable = executable
         self.nodes: list[Node] = []
 
     def get_node(self, *options: str, start: bool = True) -> Node:
-        node = Node(self.base / f"lightning-{len(self.nodes) + 1}", self.bitcoind, *options)
+        node = Node(
+            self.base / f"lightning-{len(self.nodes) + 1}",
+            self.bitcoind,
+            *options,
+            executable=self.executable,
+        )
         self.nodes.append(node)
         return node.start() if start else node
 
