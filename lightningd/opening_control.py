@@ -555,7 +555,7 @@ class OpeningControl:
         wallet = self.ld.wallet
         assert wallet is not None
         try:
-            await wallet.broadcast(tx, release_refused=False)
+            await wallet.broadcast(tx)
         except BroadcastError as exc:
             if not exc.final:
                 self.ld.log.unusual(SOURCE, str(exc))

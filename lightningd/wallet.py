@@ -706,17 +706,15 @@ class Wallet:
             self.release(funded.inputs)
             raise
 
-    async def broadcast(self, tx: CTransaction, release_refused: bool = True) -> bytes:
+    async def broadcast(self, tx: CTransaction) -> bytes:
         """Send one of our transactions and apply it to the wallet (inputs spent, change
-        recorded unconfirmed). A refused tx raises BroadcastError, its inputs released unless
-        the caller does it (`release_refused=False`: it has records to drop first); an
-        unreachable bitcoind leaves it applied and queued for rebroadcast."""
+        recorded unconfirmed). A refused tx raises BroadcastError(final=True) with its inputs
+        still reserved: the caller releases them, once it has dropped what it recorded on the
+        tx. An unreachable bitcoind leaves it applied and queued for rebroadcast."""
         try:
             txid = await self.topology.broadcast(tx.serialize(), bytes(tx.GetTxid()))
         except BroadcastError as exc:
-            if exc.final and release_refused:
-                self.release(tx)
-            elif not exc.final:
+            if not exc.final:
                 self._apply_unconfirmed(tx)
             raise
         self._apply_unconfirmed(tx)
@@ -849,6 +847,8 @@ class Wallet:
         try:
             txid = await self.broadcast(signed)
         except BroadcastError as exc:
+            if exc.final:
+                self.release(signed)
             raise RpcError(LIGHTNINGD, str(exc)) from None
         return {"tx": signed.serialize().hex(), "txid": txid_hex(txid), "psbt": self.psbt(funded)}
 
